@@ -1,0 +1,62 @@
+"""Where nfstudy keeps things: one home directory, ``$NFSTUDY_HOME`` (default ``./.nfstudy``).
+
+``mlflow.db`` (tracking), ``artifacts/`` (MLflow artifacts), ``optuna.db`` (queue and
+searches), ``reports/NAME/``, ``checkpoints/HASH/``. ``MLFLOW_TRACKING_URI`` or
+``--tracking-uri`` point tracking at a server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+
+def home() -> Path:
+    """The nfstudy home directory (absolute; not created here)."""
+    return Path(os.environ.get("NFSTUDY_HOME", ".nfstudy")).expanduser().resolve()
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The MLflow tracking URI: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else an absolute
+    ``sqlite:///`` URI under :func:`home` (absolute, so workers in other directories agree)."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    """Artifact location for experiments created on the local SQLite store."""
+    return (home() / "artifacts").as_uri()
+
+
+def optuna_storage(explicit: str | None = None) -> str:
+    """The Optuna storage URL: ``explicit``, else ``$NFSTUDY_STORAGE``, else SQLite under home."""
+    if explicit:
+        return explicit
+    if os.environ.get("NFSTUDY_STORAGE"):
+        return os.environ["NFSTUDY_STORAGE"]
+    return f"sqlite:///{home() / 'optuna.db'}"
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a study or run name (no separators, no '..')."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("._") or "unnamed"
+    return cleaned[:120]
+
+
+def confined(*parts: str) -> Path:
+    """A path under :func:`home` built from sanitised parts; never escapes home."""
+    path = home().joinpath(*(safe_name(p) for p in parts))
+    assert path.resolve().is_relative_to(home())
+    return path
+
+
+def reports_dir(study: str) -> Path:
+    return confined("reports", study)
+
+
+def checkpoint_dir(config_hash: str) -> Path:
+    return confined("checkpoints", config_hash)

@@ -1,0 +1,172 @@
+"""MLflow tracking, laid out as DESIGN.md "Tracking" says.
+
+One experiment per study (named after it), one parent run per study (reused by later
+invocations), one child run per RunConfig. The coordinator creates the database, the
+experiment and the parent before any run starts; workers get ids and never create them.
+Everything goes through an explicit :class:`MlflowClient` and run ids (no fluent
+active-run stack). Metrics are logged asynchronously in batches, flushed at the run's end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from study import paths
+from study.errors import TrackingError
+
+ROLE, STUDY, ARM, HASH, OUTCOME = (
+    "nfstudy.role", "nfstudy.study", "nfstudy.arm", "nfstudy.config_hash", "nfstudy.outcome",
+)
+PARENT_ID = "mlflow.parentRunId"
+
+
+def param_value(value: Any) -> str:
+    """How a config value is stored as an MLflow param (lists as JSON, None as ``None``)."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+@functools.cache
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracking:
+    """The MLflow side of a study: experiment, parent run, child runs.
+
+    Args:
+        uri: tracking URI; ``None`` = :func:`study.paths.tracking_uri`.
+    """
+
+    def __init__(self, uri: str | None = None):
+        self.uri = paths.tracking_uri(uri)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+
+    def ensure_study(self, name: str, description: str = "") -> tuple[str, str]:
+        """Get or create the study's experiment and parent run; returns their ids."""
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+        except Exception as err:  # MLflow raises many types for an unusable store
+            raise TrackingError(f"tracking store '{self.uri}' is not usable: {_short(err)}") from None
+        if experiment is None:
+            location = None
+            if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
+                location = f"{paths.artifact_root()}/{paths.safe_name(name)}"
+            experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        parents = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        if parents:
+            parent_id = parents[0].info.run_id
+        else:
+            run = self.client.create_run(
+                experiment_id, run_name=name,
+                tags={ROLE: "parent", STUDY: name, "mlflow.note.content": description},
+            )
+            parent_id = run.info.run_id
+            self.client.set_terminated(parent_id, "FINISHED")
+        return experiment_id, parent_id
+
+    def finished_hashes(self, experiment_id: str) -> dict[str, str]:
+        """``{config hash: run id}`` of the FINISHED child runs (the results)."""
+        done: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{ROLE}` = 'child' and attributes.status = 'FINISHED'",
+                max_results=1000, page_token=token,
+            )
+            for run in page:
+                done.setdefault(run.data.tags.get(HASH, ""), run.info.run_id)
+            token = page.token
+            if not token:
+                return done
+
+    def start_child(self, experiment_id: str, parent_id: str, study: str, arm: str,
+                    run_name: str, config_hash: str, params: dict[str, Any]) -> ChildRun:
+        """Create a RUNNING child run with its params and tags."""
+        run = self.client.create_run(
+            experiment_id, run_name=run_name,
+            tags={
+                PARENT_ID: parent_id, ROLE: "child", STUDY: study, ARM: arm, HASH: config_hash,
+                "nfstudy.git_commit": git_commit(), "nfstudy.host": socket.gethostname(),
+            },
+        )
+        child = ChildRun(self.client, run.info.run_id)
+        child.log_params(params)
+        return child
+
+
+class ChildRun:
+    """One child run. ``log_metrics`` is asynchronous; :meth:`finish` flushes and closes."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+        self._pending: list = []
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+
+    def flush(self) -> None:
+        for operation in self._pending:
+            if operation is not None:
+                operation.wait()
+        self._pending.clear()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies) and the
+        outcome tag, then mark the run FINISHED."""
+        self.flush()
+        finals = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        finals.update({f"final/{k}": v for k, v in result.items()
+                       if k.startswith(("val/", "train/")) and isinstance(v, float)})
+        now = int(time.time() * 1000)
+        step = int(result.get("epochs", 0))
+        metrics = [Metric(k, float(v), now, step) for k, v in finals.items()]
+        self.client.log_batch(self.run_id, metrics=metrics,
+                              tags=[RunTag(OUTCOME, str(result.get("outcome", "completed")))])
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def end(self, status: str, reason: str = "") -> None:
+        """Close the run as FAILED or KILLED (not a result; the next ``run`` retries it)."""
+        assert status in ("FAILED", "KILLED"), status
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the run is failing already; keep the first error
+            pass
+        if reason:
+            self.client.set_tag(self.run_id, "nfstudy.error", reason[:5000])
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
