@@ -1,0 +1,103 @@
+"""MixUp on half the batch, CutMix on the other half (PAPER.md §6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study.data.augment import mixup_cutmix
+from study.errors import ConfigError, DataError
+
+
+def constant_images(batch, size=16):
+    """Image i is the constant i + 1, so every output pixel shows where it came from."""
+    return (torch.arange(batch, dtype=torch.float64) + 1).view(-1, 1, 1, 1).expand(
+        batch, 3, size, size).clone()
+
+
+def test_targets_are_distributions_over_own_and_partner_label():
+    batch = 10
+    images, labels = constant_images(batch), torch.arange(batch)
+    mixed, targets = mixup_cutmix(images, labels, num_classes=batch,
+                                  generator=torch.Generator().manual_seed(0))
+    assert mixed.shape == images.shape and mixed.dtype == images.dtype
+    assert targets.shape == (batch, batch) and targets.dtype == torch.float32
+    torch.testing.assert_close(targets.sum(1), torch.ones(batch))
+    partner = [4, 3, 2, 1, 0, 9, 8, 7, 6, 5]  # mirror within each half
+    for i in range(batch):
+        support = set(targets[i].nonzero().flatten().tolist())
+        assert support <= {i, partner[i]}
+
+
+def test_mixup_half_mixes_pixels_with_the_target_weight():
+    batch = 8
+    images, labels = constant_images(batch), torch.arange(batch)
+    mixed, targets = mixup_cutmix(images, labels, batch, generator=torch.Generator().manual_seed(1))
+    for i in range(batch // 2):
+        j = batch // 2 - 1 - i
+        lam = targets[i, i].double() if i != j else torch.tensor(1.0, dtype=torch.float64)
+        expected = lam * (i + 1) + (1 - lam) * (j + 1)
+        torch.testing.assert_close(mixed[i], torch.full_like(mixed[i], expected.item()),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_cutmix_half_weights_equal_pixel_fractions():
+    batch, size = 64, 12
+    images, labels = constant_images(batch, size), torch.arange(batch)
+    mixed, targets = mixup_cutmix(images, labels, batch, generator=torch.Generator().manual_seed(2))
+    fractions = []
+    for i in range(batch // 2, batch):
+        j = batch // 2 + batch - 1 - i
+        own = (mixed[i] == i + 1).double().mean()
+        other = (mixed[i] == j + 1).double().mean()
+        assert own + other == 1  # every pixel comes from one of the two images
+        assert targets[i, i].item() == pytest.approx(own.item())
+        fractions.append(own.item())
+        box = (mixed[i, 0] == j + 1).nonzero()
+        if len(box):  # the pasted region is one rectangle
+            (y0, x0), (y1, x1) = box.min(0).values, box.max(0).values
+            assert len(box) == (y1 - y0 + 1) * (x1 - x0 + 1)
+    assert 0 < min(fractions) < max(fractions) < 1  # boxes of different sizes
+
+
+def test_mixup_ratio_follows_beta_alpha_alpha():
+    batch = 40000
+    images, labels = torch.zeros(batch, 1, 2, 2), torch.zeros(batch, dtype=torch.long)
+    labels[batch // 4:batch // 2] = 1  # mixup pairs are (class 0, class 1)
+    _, targets = mixup_cutmix(images, labels, 2, alpha=0.2, generator=torch.Generator().manual_seed(3))
+    lam = targets[: batch // 4, 0].double()
+    assert lam.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert lam.var().item() == pytest.approx(1 / (4 * (2 * 0.2 + 1)), rel=0.03)  # Beta(.2,.2)
+    assert ((lam < 0.05) | (lam > 0.95)).float().mean().item() > 0.4  # U-shaped at alpha 0.2
+
+
+def test_reproducible_with_a_generator_and_input_untouched():
+    images, labels = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    copy = images.clone()
+    a = mixup_cutmix(images, labels, 5, generator=torch.Generator().manual_seed(7))
+    b = mixup_cutmix(images, labels, 5, generator=torch.Generator().manual_seed(7))
+    c = mixup_cutmix(images, labels, 5, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert torch.equal(images, copy)
+
+
+def test_cross_entropy_smooths_soft_targets_as_documented():
+    logits = torch.randn(5, 4, dtype=torch.float64)
+    soft = torch.softmax(torch.randn(5, 4, dtype=torch.float64), dim=1)
+    smoothed = 0.9 * soft + 0.1 / 4
+    expected = -(smoothed * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    torch.testing.assert_close(F.cross_entropy(logits, soft, label_smoothing=0.1), expected)
+
+
+def test_bad_inputs():
+    images, labels = torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ConfigError):
+        mixup_cutmix(images, labels, 3, alpha=0.0)
+    with pytest.raises(ConfigError):
+        mixup_cutmix(images, labels, 0)
+    with pytest.raises(DataError):
+        mixup_cutmix(images.to(torch.uint8), labels, 3)
+    with pytest.raises(DataError):
+        mixup_cutmix(images, labels[:3], 3)
