@@ -85,7 +85,9 @@ def load_cifar(
     _check_name(name)
     dataset = _DATASETS[name]
     if root is None:
-        raise DataError(f"data.root is not set for {name}: set data.root to a directory (and data.download=true to fetch it)")
+        raise DataError(
+            f"data.root is not set for {name}: set data.root to a directory (and data.download=true to fetch it)"
+        )
     root = Path(root).expanduser()
     folder = root / dataset.base_folder
     train_files = [file for file, _ in dataset.train_list]
@@ -139,21 +141,28 @@ def _unpickle(path: Path) -> dict:
             # latin1: the official files are Python 2 pickles (as torchvision reads them).
             entry = pickle.load(file, encoding="latin1")
     except Exception as err:  # any failure to unpickle means a truncated or foreign file
-        raise DataError(f"{path} is not a readable CIFAR file ({type(err).__name__}: {err}); delete it and set data.download=true") from err
+        raise DataError(
+            f"{path} is not a readable CIFAR file ({type(err).__name__}: {err}); delete it and set data.download=true"
+        ) from err
     if not isinstance(entry, dict):
         raise DataError(f"{path} is not a CIFAR file: it holds a {type(entry).__name__}, not a dict")
     return entry
 
 
-def _read_batches(folder: Path, files: list[str], labels_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_batches(
+    folder: Path, files: list[str], labels_key: str, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     data, labels = [], []
     for file in files:
         entry = _unpickle(folder / file)
         rows, targets = entry.get("data"), entry.get(labels_key)
-        if not (isinstance(rows, np.ndarray) and rows.dtype == np.uint8 and rows.ndim == 2 and rows.shape[1] == 3 * 32 * 32):
+        is_rows = isinstance(rows, np.ndarray) and rows.dtype == np.uint8 and rows.ndim == 2
+        if not (is_rows and rows.shape[1] == 3 * 32 * 32):
             raise DataError(f"{folder / file} has no (n, 3072) uint8 'data' array: the file is not a CIFAR batch")
         if targets is None or len(targets) != len(rows):
-            raise DataError(f"{folder / file} has {len(rows)} images but its '{labels_key}' does not list as many labels")
+            raise DataError(
+                f"{folder / file} has {len(rows)} images but its '{labels_key}' does not list as many labels"
+            )
         data.append(rows)
         labels.append(np.asarray(targets, dtype=np.int64))
     images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32))

@@ -41,11 +41,13 @@ def load_fake(
         >>> images, labels = load_fake(1024, 224, 1000, "cuda", seed=0)
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    for name, value in (("num_examples", num_examples), ("image_size", min(height, width)), ("num_classes", num_classes)):
+    sizes = {"num_examples": num_examples, "image_size": min(height, width), "num_classes": num_classes}
+    for name, value in sizes.items():
         if value < 1:
             raise DataError(f"{name} must be at least 1 for fake data, got {value}")
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    images = torch.randint(0, 256, (num_examples, 3, height, width), generator=generator, device=device, dtype=torch.uint8)
+    shape = (num_examples, 3, height, width)
+    images = torch.randint(0, 256, shape, generator=generator, device=device, dtype=torch.uint8)
     labels = torch.randint(0, num_classes, (num_examples,), generator=generator, device=device)
     return images, labels

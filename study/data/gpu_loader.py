@@ -88,7 +88,9 @@ class DeviceLoader:
             raise DataError(f"crop_pad must be in 0..{min(images.shape[2:]) - 1} for these images, got {crop_pad}")
         for name, values in (("mean", mean), ("std", std)):
             if len(values) not in (1, channels):
-                raise DataError(f"{name} must have 1 or {channels} values for {channels}-channel images, got {tuple(values)}")
+                raise DataError(
+                    f"{name} must have 1 or {channels} values for {channels}-channel images, got {tuple(values)}"
+                )
         if any(s <= 0 for s in std):
             raise DataError(f"std must be positive, got {tuple(std)}")
 
@@ -185,7 +187,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 def _check_tensors(images: torch.Tensor, labels: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise DataError(f"images must be a (N, C, H, W) uint8 tensor, got {images.dtype} of shape {tuple(images.shape)}")
+        raise DataError(
+            f"images must be a (N, C, H, W) uint8 tensor, got {images.dtype} of shape {tuple(images.shape)}"
+        )
     if labels.dtype != torch.int64 or labels.dim() != 1 or len(labels) != len(images):
         raise DataError(
             f"labels must be a ({len(images)},) int64 tensor to match the images, "

@@ -28,8 +28,9 @@ def _write_cifar10(root, per_batch=2, num_test=3, seed=0):
     for i in range(1, 6):
         x = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, per_batch).tolist()
+        files = [f"{i}_{k}.png" for k in range(per_batch)]
         _write(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": y,
-                                            "data": _to_rows(x), "filenames": [f"{i}_{k}.png" for k in range(per_batch)]})
+                                            "data": _to_rows(x), "filenames": files})
         train_x.append(x)
         train_y += y
     test_x = rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8)
