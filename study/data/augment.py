@@ -68,8 +68,8 @@ def mixup_cutmix(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     half = batch // 2
     device = images.device
 
-    mix_first, cut_first = torch.arange(half, device=device), torch.arange(half, batch, device=device)
-    partner = torch.cat([mix_first.flip(0), cut_first.flip(0)])
+    partner = torch.cat([torch.arange(half, device=device).flip(0),
+                         torch.arange(half, batch, device=device).flip(0)])
     other = images[partner]
 
     lam = _sample_beta(alpha, half, generator, device).to(images.dtype)

@@ -187,7 +187,8 @@ def agc_parameters(model: nn.Module,
     The paper leaves only the final classifier's weight unclipped (PAPER.md §4, §4.1).
 
     Args:
-        model: the network; ``model.get_classifier()`` names its final ``nn.Linear``.
+        model: the network, unwrapped (not the DDP or compiled wrapper, whose names carry a
+            prefix); ``model.get_classifier()`` names its final ``nn.Linear``.
         exclude: entries ``"classifier.weight"`` and ``"classifier.bias"`` select the weight
             and bias of ``model.get_classifier()`` by identity, whatever the module is called;
             any other entry is an ``fnmatch`` pattern over ``model.named_parameters()`` names

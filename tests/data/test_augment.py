@@ -65,7 +65,8 @@ def test_mixup_ratio_follows_beta_alpha_alpha():
     batch = 40000
     images, labels = torch.zeros(batch, 1, 2, 2), torch.zeros(batch, dtype=torch.long)
     labels[batch // 4:batch // 2] = 1  # mixup pairs are (class 0, class 1)
-    _, targets = mixup_cutmix(images, labels, 2, alpha=0.2, generator=torch.Generator().manual_seed(3))
+    _, targets = mixup_cutmix(images, labels, 2, alpha=0.2,
+                              generator=torch.Generator().manual_seed(3))
     lam = targets[: batch // 4, 0].double()
     assert lam.mean().item() == pytest.approx(0.5, abs=0.01)
     assert lam.var().item() == pytest.approx(1 / (4 * (2 * 0.2 + 1)), rel=0.03)  # Beta(.2,.2)

@@ -101,7 +101,8 @@ def test_ascent_leaves_batchnorm_running_stats_untouched():
     model = tiny_model(bn=True)
     bn = model[1]
     inputs, targets = batch(10)
-    stats = {k: v.clone() for k, v in bn.state_dict().items() if "running" in k or "num_batches" in k}
+    stats = {k: v.clone() for k, v in bn.state_dict().items()
+             if k.startswith(("running", "num_batches"))}
     sam = SAM(model, rho=0.05, mode="fraction", fraction=0.5)
     sam.ascend_(F.cross_entropy, inputs, targets)
     for k, v in stats.items():
