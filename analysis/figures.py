@@ -1,0 +1,314 @@
+"""The report's figures: one function per figure kind, one style.
+
+Every function takes result runs (:func:`analysis.runs.results`) and returns a
+matplotlib ``Figure``; :func:`save_figure` writes it as PNG and SVG and closes it.
+Figures are built with ``matplotlib.figure.Figure`` (the Agg canvas), never pyplot: no
+display, no global figure list, safe in workers.
+
+Conventions: points are means over seeds with a 95% Student-t band or bar
+(:func:`analysis.stats.mean_ci`); diverged runs enter the mean with their recorded
+accuracy and are also drawn as an ✕ at the bottom of the axes (legend "diverged"); the
+clipping threshold λ and batch sizes are on log axes, as in the paper; when the paper's
+batch sizes were mapped to smaller real ones, the subtitle says so
+(:func:`analysis.roles.mapping_caption`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+
+from analysis import roles
+from analysis.stats import DIVERGED, group_rows, summarise
+
+LABELS = {
+    roles.CLIPPING: "clipping threshold λ (agc.clipping)",
+    roles.BATCH: "paper batch size (data.batch_size)",
+    roles.AGC_MODE: "AGC mode (agc.mode)",
+    roles.SAM_MODE: "SAM mode (sam.mode)",
+    "val/top1": "validation top-1 (val/top1)",
+    "test/top1": "test top-1 (test/top1)",
+    "time/step_ms": "training step time, ms (time/step_ms)",
+}
+_STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9)}
+_DIVERGED_Y = 0.03  # axes fraction where diverged runs are marked
+
+
+def _label(name) -> str:
+    return LABELS.get(name, str(name))
+
+
+def _new_figure(ncols: int = 1, width: float = 6.4) -> tuple[Figure, list]:
+    with matplotlib.rc_context(_STYLE):
+        figure = Figure(figsize=(width * ncols, 4.4), layout="constrained")
+        axes = figure.subplots(1, ncols, squeeze=False)[0].tolist()
+    return figure, axes
+
+
+def _palette(levels) -> list:
+    numeric = all(isinstance(v, (int, float, np.number)) and v is not None for v in levels)
+    return sns.color_palette("viridis" if numeric and len(levels) > 2 else "deep", max(len(levels), 1))
+
+
+def _titles(figure: Figure, frame: pd.DataFrame, title: str | None) -> None:
+    caption = roles.mapping_caption(frame)
+    if title:
+        figure.suptitle(title, fontsize=11, fontweight="bold")
+    if caption:
+        figure.supxlabel(caption, fontsize=8, color="0.35")
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+
+
+def _positions(frame: pd.DataFrame, x: str):
+    """x values to plot and their tick labels: numbers as they are, anything else by category."""
+    levels = [values[0] for values, _ in group_rows(frame, [x])]
+    if _numeric(levels):
+        return {v: float(v) for v in levels}, levels
+    return {v: float(i) for i, v in enumerate(levels)}, levels
+
+
+def _mark_diverged(ax, xs, color, labelled: list) -> None:
+    """An ✕ at the bottom of the axes per diverged run (one legend entry per axes)."""
+    if len(xs) == 0:
+        return
+    transform = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.scatter(xs, [_DIVERGED_Y] * len(xs), transform=transform, marker="X", s=60, color=color,
+               edgecolor="black", linewidth=0.5, zorder=5, clip_on=False,
+               label=None if labelled else DIVERGED)
+    labelled.append(True)
+
+
+def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: bool) -> None:
+    frame = frame[frame[x].notna()]
+    where, levels = _positions(frame, x)
+    hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
+    labelled: list = []
+    for color, (values, rows) in zip(_palette(hues), group_rows(frame, [hue] if hue else [])):
+        stats = summarise(rows, [x], y)
+        xs = stats[x].map(where).to_numpy(dtype=float)
+        label = f"{hue} = {values[0]}" if hue else y
+        ax.plot(xs, stats["mean"], marker="o", color=color, label=label)
+        ax.fill_between(xs, stats["low"].astype(float), stats["high"].astype(float), color=color, alpha=0.2,
+                        linewidth=0)
+        diverged = rows[rows.get("outcome") == DIVERGED]
+        _mark_diverged(ax, diverged[x].map(where).to_numpy(dtype=float), color, labelled)
+    if logx and _numeric(levels):
+        ax.set_xscale("log")
+    ax.set_xticks([where[v] for v in levels], [f"{v:g}" if _numeric([v]) else str(v) for v in levels])
+    ax.minorticks_off()
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label(y))
+    ax.legend(fontsize=8, title=None)
+
+
+def _draw_bars(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None) -> None:
+    levels = [values[0] for values, _ in group_rows(frame, [x])]
+    where = {v: float(i) for i, v in enumerate(levels)}  # bars sit at categories, numbers or not
+    hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
+    width = 0.8 / len(hues)
+    labelled: list = []
+    for index, (color, (values, rows)) in enumerate(zip(_palette(hues), group_rows(frame, [hue] if hue else []))):
+        offset = (index - (len(hues) - 1) / 2) * width
+        stats = summarise(rows, [x], y)
+        xs = stats[x].map(where).to_numpy(dtype=float) + offset
+        means = stats["mean"].astype(float).to_numpy()
+        errors = np.abs(np.vstack([means - stats["low"].astype(float), stats["high"].astype(float) - means]))
+        ax.bar(xs, means, width=width * 0.95, color=color, label=f"{hue} = {values[0]}" if hue else None)
+        ax.errorbar(xs, means, yerr=np.nan_to_num(errors), fmt="none", ecolor="black", capsize=3, linewidth=1)
+        diverged = rows[rows.get("outcome") == DIVERGED]
+        _mark_diverged(ax, diverged[x].map(where).to_numpy(dtype=float) + offset, color, labelled)
+    ax.set_xticks(range(len(levels)), [str(v) for v in levels])
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label(y))
+    if hue or labelled:
+        ax.legend(fontsize=8)
+
+
+def line(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, logx: bool = False,
+         title: str | None = None) -> Figure:
+    """Mean of ``y`` against ``x`` over seeds, one line (with CI band) per ``hue`` value.
+
+    The ``kind: line`` entry of a study's ``figures:`` list. Runs with no ``x`` value
+    (e.g. AGC off on a λ axis) are left out of this figure.
+
+    Example:
+        >>> save_figure(line(df, "agc.clipping", "val/top1", hue="data.batch_size", logx=True), "out/fig")
+
+    Args:
+        frame: result runs.
+        x, y: column names (a param and a metric).
+        hue: a column drawn as one line per value, or None.
+        logx: log-scale x axis, ticks at the values that ran.
+        title: figure title.
+
+    Returns:
+        The figure (unsaved).
+    """
+    figure, (ax,) = _new_figure()
+    _draw_lines(ax, frame, x, y, hue, logx)
+    _titles(figure, frame, title)
+    return figure
+
+
+def bar(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, title: str | None = None) -> Figure:
+    """Mean of ``y`` per ``x`` value with 95% CI error bars, bars grouped by ``hue``.
+
+    The ``kind: bar`` entry of a study's ``figures:`` list.
+
+    Returns:
+        The figure (unsaved).
+    """
+    figure, (ax,) = _new_figure()
+    _draw_bars(ax, frame, x, y, hue)
+    _titles(figure, frame, title)
+    return figure
+
+
+def fig2a_batch_scaling(frame: pd.DataFrame, *, select_metric: str = "val/top1",
+                        metric: str = "test/top1") -> Figure:
+    """Paper Fig. 2a: ``metric`` against batch size for BN, NF and NF + AGC.
+
+    NF + AGC shows, per batch size, the λ with the best mean ``select_metric`` (selected
+    on validation, drawn on test).
+
+    Returns:
+        The figure (unsaved).
+    """
+    family = roles.agc_family(frame)
+    labelled = frame.assign(model=family.values)
+    agc = roles.best_option(labelled[family.values == roles.NF_AGC], roles.CLIPPING, select_metric,
+                            by=[roles.BATCH])
+    shown = pd.concat([labelled[family.values != roles.NF_AGC], agc.drop(columns="selected_mean")])
+    return line(shown, roles.BATCH, metric, hue="model", logx=True,
+                title=f"Batch-size scaling (paper Fig. 2a; AGC λ selected on {select_metric})")
+
+
+def fig2b_clip_threshold(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
+    """Paper Fig. 2b: ``metric`` against λ (log axis), one line per batch size.
+
+    Returns:
+        The figure (unsaved).
+    """
+    return line(frame, roles.CLIPPING, metric, hue=roles.BATCH, logx=True,
+                title="Clipping threshold against batch size (paper Fig. 2b)")
+
+
+def unit_vs_layer(frame: pd.DataFrame, *, metric: str = "test/top1", hue: str | None = None) -> Figure:
+    """Unit-wise against layer-wise AGC (paper §4): bars of ``metric`` per ``agc.mode``.
+
+    Returns:
+        The figure (unsaved).
+    """
+    return bar(frame, roles.AGC_MODE, metric, hue=hue, title="Unit-wise against layer-wise AGC (paper §4)")
+
+
+def final_layer(frame: pd.DataFrame, *, metric: str = "test/top1", hue: str | None = None) -> Figure:
+    """Clipping the classifier or not (paper §4.1): bars of ``metric``.
+
+    Returns:
+        The figure (unsaved).
+    """
+    labelled = frame.assign(classifier=roles.classifier_clipping(frame).values)
+    return bar(labelled, "classifier", metric, hue=hue, title="Clipping the final linear layer (paper §4.1)")
+
+
+def bn_vs_nf(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
+    """Paper Table 6: accuracy (left) and training step time (right) of NF against BN.
+
+    Returns:
+        The figure (unsaved).
+    """
+    labelled = frame.assign(model=roles.model_family(frame).values)
+    figure, (left, right) = _new_figure(ncols=2, width=4.6)
+    _draw_bars(left, labelled, "model", metric, None)
+    _draw_bars(right, labelled, "model", "time/step_ms", None)
+    _titles(figure, frame, "NF-ResNet against its BN twin (paper Table 6)")
+    return figure
+
+
+def sam_cost(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
+    """Paper Table 3 / App. A.4: ``metric`` against step time relative to SAM off.
+
+    One point per ``sam.mode`` with 95% CI bars on both axes; the cost is each run's
+    ``time/step_ms`` divided by the mean step time of ``sam.mode = off`` (or of the
+    cheapest mode when no run has SAM off).
+
+    Returns:
+        The figure (unsaved).
+    """
+    figure, (ax,) = _new_figure()
+    modes = summarise(frame, [roles.SAM_MODE], "time/step_ms")
+    off = modes[modes[roles.SAM_MODE] == "off"]["mean"]
+    reference_ms = float(off.iloc[0]) if len(off) else float(modes["mean"].min())
+    relative = frame.assign(cost=frame["time/step_ms"] / reference_ms)
+    labelled: list = []
+    for color, (values, rows) in zip(_palette(modes[roles.SAM_MODE]), group_rows(relative, [roles.SAM_MODE])):
+        cost = summarise(rows, [], "cost").iloc[0]
+        accuracy = summarise(rows, [], metric).iloc[0]
+        ax.errorbar([cost["mean"]], [accuracy["mean"]],
+                    xerr=[[np.nan_to_num(cost["mean"] - cost["low"])], [np.nan_to_num(cost["high"] - cost["mean"])]],
+                    yerr=[[np.nan_to_num(accuracy["mean"] - accuracy["low"])],
+                          [np.nan_to_num(accuracy["high"] - accuracy["mean"])]],
+                    fmt="o", color=color, capsize=3, markersize=8, label=f"sam.mode = {values[0]}")
+        diverged = rows[rows["outcome"] == DIVERGED]
+        _mark_diverged(ax, diverged["cost"].to_numpy(dtype=float), color, labelled)
+    ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlabel("step time relative to SAM off (time/step_ms ratio)")
+    ax.set_ylabel(_label(metric))
+    ax.legend(fontsize=8)
+    _titles(figure, frame, "SAM: accuracy against cost per step (paper Table 3, App. A.4)")
+    return figure
+
+
+def signal_propagation(spp: pd.DataFrame) -> Figure:
+    """[I] Fig. 1: average channel squared mean, average channel variance and residual-
+    branch variance at the output of every residual block, one line per model.
+
+    Args:
+        spp: :func:`study.models.spp.signal_propagation` rows of one or more models,
+            concatenated with a ``model`` column: ``model``, ``block``, ``stage``,
+            ``avg_channel_squared_mean``, ``avg_channel_variance``, ``residual_variance``.
+
+    Returns:
+        The figure (unsaved); stage transitions are dotted vertical lines.
+    """
+    panels = (("avg_channel_squared_mean", "average channel squared mean"), ("avg_channel_variance", "average channel variance"),
+              ("residual_variance", "residual-branch variance"))
+    figure, axes = _new_figure(ncols=3, width=4.2)
+    models = [values[0] for values, _ in group_rows(spp, ["model"])]
+    for ax, (column, label) in zip(axes, panels):
+        for color, (values, rows) in zip(_palette(models), group_rows(spp, ["model"])):
+            rows = rows.sort_values("block")
+            ax.plot(rows["block"], rows[column], marker=".", color=color, label=str(values[0]))
+        transitions = spp.sort_values("block").drop_duplicates("stage")["block"].iloc[1:]
+        for block in transitions:
+            ax.axvline(block - 0.5, color="0.6", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("residual block")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Signal propagation at initialisation ([I] Fig. 1)", fontsize=11, fontweight="bold")
+    return figure
+
+
+def save_figure(figure: Figure, out_base) -> list[Path]:
+    """Write ``out_base.png`` (150 dpi) and ``out_base.svg``; the folder is created.
+
+    Returns:
+        The two paths written.
+    """
+    base = Path(out_base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=150)
+    return paths
