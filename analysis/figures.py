@@ -92,6 +92,7 @@ def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: 
     where, levels = _positions(frame, x)
     hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
     labelled: list = []
+    diverged_marks = []
     for color, (values, rows) in zip(_palette(hues), group_rows(frame, [hue] if hue else [])):
         stats = summarise(rows, [x], y)
         xs = stats[x].map(where).to_numpy(dtype=float)
@@ -100,7 +101,9 @@ def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: 
         ax.fill_between(xs, stats["low"].astype(float), stats["high"].astype(float), color=color, alpha=0.2,
                         linewidth=0)
         diverged = rows[rows.get("outcome") == DIVERGED]
-        _mark_diverged(ax, diverged[x].map(where).to_numpy(dtype=float), color, labelled)
+        diverged_marks.append((diverged[x].map(where).to_numpy(dtype=float), color))
+    for xs, color in diverged_marks:
+        _mark_diverged(ax, xs, color, labelled)
     if logx and _numeric(levels):
         ax.set_xscale("log")
     ax.set_xticks([where[v] for v in levels], [f"{v:g}" if _numeric([v]) else str(v) for v in levels])
@@ -301,7 +304,7 @@ def signal_propagation(spp: pd.DataFrame) -> Figure:
 
 
 def save_figure(figure: Figure, out_base) -> list[Path]:
-    """Write ``out_base.png`` (150 dpi) and ``out_base.svg``; the folder is created.
+    """Write ``out_base.png`` (120 dpi) and ``out_base.svg``; the folder is created.
 
     Returns:
         The two paths written.
@@ -310,5 +313,5 @@ def save_figure(figure: Figure, out_base) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
     for path in paths:
-        figure.savefig(path, dpi=150)
+        figure.savefig(path, dpi=120)
     return paths

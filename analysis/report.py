@@ -368,7 +368,7 @@ table { border-collapse: collapse; margin: .6em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #d4d9e1; padding: .3em .7em; text-align: left; vertical-align: top; }
 th { background: #eef2f7; } tbody tr:nth-child(even) { background: #f8f9fb; }
 code { font: .9em ui-monospace, monospace; background: #eef2f7; padding: .05em .3em; border-radius: 3px; }
-figure { margin: 1em 0; } img { max-width: min(100%, 820px); border: 1px solid #e3e6eb; }
+figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #e3e6eb; }
 figcaption { font-size: .85em; color: #555; }
 .verdict { display: inline-block; padding: .15em .8em; border-radius: 1em; font-weight: 600; margin: 0; }
 .supported { background: #dff3e3; color: #1b6b2c; } .refuted { background: #fbe0e0; color: #9b1c1c; }
