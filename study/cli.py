@@ -119,7 +119,7 @@ def run(
         def on_run_end(r, result):
             progress.advance(overall)
             outcome = "FAILED" if result is None else f"{result['outcome']} val/top1 {result['val/top1']:.3f}"
-            progress.console.print(f"  {r.name} [{r.config_hash}]: {outcome}")
+            progress.console.print(f"  {r.name} [{r.config_hash}]: {outcome}", markup=False)
 
         summary = execute(spec, runs, tracking, on_run_start, on_epoch, on_run_end)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "

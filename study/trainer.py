@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from study.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from study.data import build_data
 from study.models import build_model
-from study.optim.agc import adaptive_grad_clip_, agc_parameters
+from study.optim.agc import AGC, agc_parameters
 from study.optim.ema import EMA
 from study.optim.sam import SAM
 from study.optim.sgd import build_optimizer, lr_at
@@ -59,16 +59,14 @@ def seed_everything(seed: int) -> None:
 def evaluate(model: torch.nn.Module, loader, autocast) -> dict[str, float]:
     """Top-1 and mean cross-entropy over a split (one host sync at the end)."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.long)
-    loss_sum = torch.zeros(())
-    count = 0
+    correct, loss_sum, count = 0, 0, 0
     for x, y in loader:
         with autocast():
             logits = model(x)
-        correct = correct.to(y.device) + (logits.argmax(dim=1) == y).sum()
-        loss_sum = loss_sum.to(y.device) + F.cross_entropy(logits.float(), y, reduction="sum")
+        correct = correct + (logits.argmax(dim=1) == y).sum()
+        loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum")
         count += len(y)
-    return {"top1": correct.item() / count, "loss": loss_sum.item() / count}
+    return {"top1": float(correct) / count, "loss": float(loss_sum) / count}  # the one sync
 
 
 def train(
@@ -113,7 +111,10 @@ def train(
         model, peak_lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
         weight_decay=config.optim.weight_decay,
     )
-    clipped = agc_parameters(model, config.agc.exclude) if config.agc.clipping is not None else None
+    agc = (
+        AGC(agc_parameters(model, config.agc.exclude), config.agc.clipping, eps=config.agc.eps, mode=config.agc.mode)
+        if config.agc.clipping is not None else None
+    )
     sam = (
         SAM(model, rho=config.sam.rho, mode=config.sam.mode, fraction=config.sam.fraction)
         if config.sam.mode != "off" else None
@@ -177,9 +178,9 @@ def train(
             scaler.scale(loss).backward()
             if sam is not None:
                 sam.restore_()
-            if clipped is not None:
+            if agc is not None:
                 scaler.unscale_(optimizer)  # AGC sees the true gradient (PAPER.md §4)
-                adaptive_grad_clip_(clipped, config.agc.clipping, eps=config.agc.eps, mode=config.agc.mode)
+                agc.clip_()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,33 @@
+"""Shared fixtures: every test gets its own $NFSTUDY_HOME (a temp dir), so MLflow and
+Optuna stores are real SQLite files that vanish with the test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def nfstudy_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("NFSTUDY_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NFSTUDY_STORAGE", raising=False)
+    monkeypatch.delenv("NFSTUDY_EXPERIMENTS", raising=False)
+    return home
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    """Write a study YAML into tmp_path and return its path: ``study_file(text, name=...)``."""
+
+    def write(text: str, name: str = "study.yaml"):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write

@@ -1,0 +1,79 @@
+import pytest
+
+from study.errors import ConfigError
+from study.spec import RunConfig, StudySpec, make_config
+
+
+def test_defaults_match_design():
+    cfg = RunConfig()
+    assert cfg.data.name == "digits"
+    assert cfg.optim.lr == 0.1 and cfg.optim.momentum == 0.9 and cfg.optim.nesterov
+    assert cfg.optim.weight_decay == 2e-5
+    assert cfg.agc.clipping is None and cfg.agc.mode == "unit" and cfg.agc.eps == 1e-3
+    assert cfg.agc.exclude == ["classifier.weight"]
+    assert cfg.sam.mode == "off" and cfg.sam.rho == 0.05 and cfg.sam.fraction == 0.2
+    assert cfg.seed == 0
+
+
+def test_dotted_overrides_build_nested_config():
+    cfg = make_config({"agc.clipping": 0.02, "data.batch_size": 64, "sam.mode": "fraction"})
+    assert cfg.agc.clipping == 0.02 and cfg.data.batch_size == 64 and cfg.sam.mode == "fraction"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"agc.cliping": 0.1}, "did you mean 'agc.clipping'"),
+        ({"data.batch_size": 0}, "data.batch_size"),
+        ({"data.batch_size": "large"}, "data.batch_size"),
+        ({"agc.clipping": -0.01}, "agc.clipping"),
+        ({"sam.fraction": 1.5}, "sam.fraction"),
+        ({"train.epochs": 0}, "train.epochs"),
+        ({"model.name": "resnet9000"}, "unknown model 'resnet9000'"),
+        ({"data.name": "mnist"}, "data.name"),
+        ({"agc.mode": "row"}, "agc.mode"),
+        ({"train.device": "tpu"}, "unknown device"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        make_config(overrides)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_every_problem_is_reported_not_only_the_first():
+    with pytest.raises(ConfigError) as info:
+        make_config({"data.batch_size": 0, "agc.clipping": -1})
+    assert "data.batch_size" in str(info.value) and "agc.clipping" in str(info.value)
+
+
+def test_hash_is_independent_of_key_order_and_source():
+    a = make_config({"agc.clipping": 0.01, "data.batch_size": 256})
+    b = make_config({"data.batch_size": 256, "agc.clipping": 0.01})
+    c = make_config({"data.batch_size": 256, "agc.clipping": 0.01, "optim.lr": 0.1})  # the default
+    assert a.config_hash() == b.config_hash() == c.config_hash()
+
+
+def test_any_value_change_changes_the_hash():
+    base = make_config({"agc.clipping": 0.01})
+    for key, value in [("agc.clipping", 0.02), ("seed", 1), ("agc.mode", "layer"), ("data.batch_size", 64)]:
+        assert make_config({"agc.clipping": 0.01, key: value}).config_hash() != base.config_hash()
+
+
+def test_machine_local_keys_do_not_change_the_hash():
+    assert make_config({"train.device": "cpu"}).config_hash() == make_config({}).config_hash()
+
+
+def test_norm_twin_resolves_model_name():
+    assert make_config({"model.name": "nf_resnet_small", "model.norm": "bn"}).model.resolved_name == "bn_resnet_small"
+    assert make_config({"model.name": "bn_resnet_small", "model.norm": "nf"}).model.resolved_name == "nf_resnet_small"
+
+
+def test_study_spec_rejects_extra_keys_and_empty_axes():
+    with pytest.raises(Exception, match="extra"):
+        StudySpec.model_validate({"name": "x", "grids": {}})
+    with pytest.raises(Exception, match="empty"):
+        StudySpec.model_validate({"name": "x", "grid": {"agc.clipping": []}})
+    with pytest.raises(ConfigError, match="did you mean 'agc.clipping'"):
+        StudySpec.model_validate({"name": "x", "grid": {"agc.clip": [0.1]}})
