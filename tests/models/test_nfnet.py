@@ -1,0 +1,115 @@
+"""NFNet-F0…F6 and their BN twins (study/models/nfnet.py), against PAPER.md §3."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from study.models.layers import ScaledStdConv2d, SqueezeExcite
+from study.models.nfnet import NFNet, NFNetConfig
+
+# PAPER.md §3: variant → (exact parameters with SkipInit gains, train px, test px, dropout)
+PAPER = {
+    0: (71_489_284, 192, 256, 0.2),
+    1: (132_634_256, 224, 320, 0.3),
+    2: (193_779_228, 256, 352, 0.4),
+    3: (254_924_200, 320, 416, 0.4),
+    4: (316_069_172, 384, 512, 0.5),
+    5: (377_214_144, 416, 544, 0.5),
+    6: (438_359_116, 448, 576, 0.5),
+}
+
+
+@pytest.mark.parametrize("n", range(7))
+def test_parameter_count_and_defaults_match_the_paper(n, meta_model):
+    params, train_px, test_px, dropout = PAPER[n]
+    model = meta_model(f"nfnet_f{n}")
+    assert sum(p.numel() for p in model.parameters()) == params
+    config = model.default_config
+    assert (config["train_image_size"], config["test_image_size"]) == (train_px, test_px)
+    assert config["dropout"] == dropout and config["stochastic_depth"] == 0.25
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_topology(n, meta_model):
+    model = meta_model(f"nfnet_f{n}")
+    stages = [block.stage for block in model.blocks]
+    assert [stages.count(s) for s in range(4)] == [d * (n + 1) for d in (1, 2, 6, 3)]
+    stem = [m for m in model.stem if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.stride[0]) for c in stem] == [(16, 2), (32, 1), (64, 1), (128, 2)]
+    for block in model.blocks:
+        out = (256, 512, 1536, 1536)[block.stage]
+        convs = block.branch
+        assert convs.conv0.out_channels == out // 2 == convs.conv1.out_channels
+        assert convs.conv1.in_channels // convs.conv1.groups == 128  # group width
+        assert convs.conv1b.groups == convs.conv1.groups and convs.conv2.out_channels == out
+        assert isinstance(convs.se, SqueezeExcite) and convs.se.fc0.out_features == out // 2
+        first = block is next(b for b in model.blocks if b.stage == block.stage)
+        assert convs.conv1.stride[0] == (2 if first and block.stage > 0 else 1)
+        assert (block.shortcut is not None) == first
+        if first and block.stage > 0:
+            assert isinstance(block.shortcut.pool, nn.AvgPool2d)
+    assert model.final_conv.out_channels == 3072
+    assert model.get_classifier().in_features == 3072
+    assert all(type(m) is ScaledStdConv2d for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_beta_and_stochastic_depth_schedule_of_f0(meta_model):
+    model = meta_model("nfnet_f0")
+    # Expected Var(h) before each block: +α² per block, back to 1 + α² after a transition.
+    expected_var = [1, 1.04, 1.04, 1.08, 1.04, 1.08, 1.12, 1.16, 1.20, 1.24, 1.04, 1.08]
+    assert [b.beta for b in model.blocks] == pytest.approx([1 / math.sqrt(v) for v in expected_var])
+    assert [b.alpha for b in model.blocks] == [0.2] * 12
+    rates = [b.stochastic_depth.rate for b in model.blocks]
+    assert rates == pytest.approx([0.25 * i / 12 for i in range(12)])
+
+
+def test_bn_twin_has_no_nf_machinery(meta_model):
+    model = meta_model("bn_nfnet_f0")
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.endswith("gain") for n in names)
+    assert not any(isinstance(m, ScaledStdConv2d) for m in model.modules())
+    assert {b.alpha for b in model.blocks} == {1.0} and {b.beta for b in model.blocks} == {1.0}
+    assert isinstance(model.final_act[0], nn.BatchNorm2d)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _tiny(normalization="nf"):
+    return NFNetConfig(
+        depths=(1, 2, 1, 1), train_image_size=32, test_image_size=32, dropout=0.0,
+        widths=(32, 64, 128, 128), stem_widths=(8, 16, 16, 32), group_width=16,
+        normalization=normalization, weight_standardization=normalization == "nf",
+    )
+
+
+@pytest.mark.parametrize("normalization", ["nf", "batch"])
+def test_tiny_nfnet_trains_on_cpu(normalization):
+    torch.manual_seed(0)
+    model = NFNet(_tiny(normalization), num_classes=5)
+    x, y = torch.randn(4, 3, 33, 33), torch.tensor([0, 1, 2, 3])  # odd size: ceil pooling
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert model.get_classifier().weight.std().item() > 0
+
+
+def test_classifier_init_and_skipinit_at_zero():
+    torch.manual_seed(0)
+    model = NFNet(_tiny(), num_classes=1000)
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.all(model.fc.bias == 0)
+    assert all(b.skipinit_gain.item() == 0.0 for b in model.blocks)
+    h = torch.randn(2, 64, 8, 8)
+    inner = model.blocks[2]  # second block of stage 1: identity shortcut
+    assert inner.shortcut is None
+    torch.testing.assert_close(inner(h), h)  # SkipInit at 0: the block is the identity
+    with torch.no_grad():
+        inner.skipinit_gain.fill_(1.0)
+    assert not torch.allclose(inner(h), h)
