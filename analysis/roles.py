@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.stats import group_rows, mean_ci
 
 MODEL = "model.name"
+NORM = "model.norm"
 CLIPPING = "agc.clipping"
 AGC_MODE = "agc.mode"
 AGC_EXCLUDE = "agc.exclude"
@@ -32,9 +33,13 @@ def _is_off(value) -> bool:
 
 
 def model_family(frame: pd.DataFrame) -> pd.Series:
-    """``BN-ResNet`` where ``model.name`` names a BatchNorm twin (starts with ``bn``),
-    else ``NF-ResNet``."""
-    return frame[MODEL].map(str).str.lower().str.startswith("bn").map({True: BN, False: NF})
+    """``BN-ResNet`` where the run built a BatchNorm twin (``model.norm`` is ``bn``, or no
+    ``model.norm`` is set and ``model.name`` starts with ``bn``), else ``NF-ResNet``."""
+    by_name = frame[MODEL].map(str).str.lower().str.startswith("bn")
+    if NORM in frame.columns:
+        norm = frame[NORM]
+        by_name = norm.map(lambda v: v == "bn").where(~norm.map(_is_off).astype(bool), by_name)
+    return by_name.astype(bool).map({True: BN, False: NF})
 
 
 def agc_family(frame: pd.DataFrame) -> pd.Series:

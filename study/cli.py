@@ -37,10 +37,13 @@ def list_cmd() -> None:
     """Registered studies with their run counts."""
     from study.registry import list_studies, load_study, plan
 
-    table = Table("study", "runs", "paper", "description")
+    table = Table()
+    for column in ("study", "runs", "paper"):
+        table.add_column(column, no_wrap=True, min_width=len(column))
+    table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=50)
     for name in list_studies():
         spec = load_study(name)
-        table.add_row(name, str(len(plan(spec))), spec.paper or "", spec.description.split("\n")[0])
+        table.add_row(name, str(len(plan(spec))), spec.paper or "", spec.description)
     console.print(table)
 
 

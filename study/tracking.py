@@ -87,21 +87,63 @@ class Tracking:
             self.client.set_terminated(parent_id, "FINISHED")
         return experiment_id, parent_id
 
-    def finished_hashes(self, experiment_id: str) -> dict[str, str]:
-        """``{config hash: run id}`` of the FINISHED child runs (the results)."""
-        done: dict[str, str] = {}
+    def _finished_runs(self, experiment_ids: list[str]):
         token = None
         while True:
             page = self.client.search_runs(
-                [experiment_id],
+                experiment_ids,
                 filter_string=f"tags.`{ROLE}` = 'child' and attributes.status = 'FINISHED'",
                 max_results=1000, page_token=token,
             )
-            for run in page:
-                done.setdefault(run.data.tags.get(HASH, ""), run.info.run_id)
+            yield from page
             token = page.token
             if not token:
-                return done
+                return
+
+    def finished_hashes(self, experiment_id: str) -> dict[str, str]:
+        """``{config hash: run id}`` of the FINISHED child runs (the results)."""
+        done: dict[str, str] = {}
+        for run in self._finished_runs([experiment_id]):
+            done.setdefault(run.data.tags.get(HASH, ""), run.info.run_id)
+        return done
+
+    def adopt_finished(self, experiment_id: str, parent_id: str, study: str,
+                       wanted: dict[str, tuple[str, str]]) -> int:
+        """Copy into this study the FINISHED runs other studies already made of the same
+        configs, so a config hash is trained once whichever study asks for it (DESIGN.md).
+
+        Args:
+            wanted: ``{config hash: (arm, run name)}`` of this study's unfinished runs.
+
+        Returns:
+            How many runs were copied (params, tags, full metric histories; the copy is
+            tagged ``nfstudy.copied_from`` with the source run id).
+        """
+        others = [e.experiment_id for e in self.client.search_experiments()
+                  if e.experiment_id != experiment_id]
+        if not others or not wanted:
+            return 0
+        copied = 0
+        for run in self._finished_runs(others):
+            config_hash = run.data.tags.get(HASH)
+            if config_hash not in wanted:
+                continue
+            arm, run_name = wanted.pop(config_hash)
+            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+            tags.update({PARENT_ID: parent_id, STUDY: study, ARM: arm,
+                         "nfstudy.copied_from": run.info.run_id})
+            copy = self.client.create_run(experiment_id, start_time=run.info.start_time,
+                                          run_name=run_name, tags=tags)
+            params = [Param(k, v) for k, v in run.data.params.items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(copy.info.run_id, params=params[i:i + 100])
+            history = [m for key in run.data.metrics
+                       for m in self.client.get_metric_history(run.info.run_id, key)]
+            for i in range(0, len(history), 1000):
+                self.client.log_batch(copy.info.run_id, metrics=history[i:i + 1000])
+            self.client.set_terminated(copy.info.run_id, "FINISHED", end_time=run.info.end_time)
+            copied += 1
+        return copied
 
     def start_child(self, experiment_id: str, parent_id: str, study: str, arm: str,
                     run_name: str, config_hash: str, params: dict[str, Any]) -> ChildRun:
