@@ -102,9 +102,14 @@ def run(
             console.print(f"  {r.config_hash}  {r.name}")
         return
     tracking = Tracking(tracking_uri)
-    experiment_id, _ = tracking.ensure_study(spec.name, spec.description)
+    experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
     todo = pending_runs(tracking, experiment_id, runs)
-    console.print(f"{spec.name}: {len(runs) - len(todo)} done, {len(todo)} to run")
+    copied = tracking.adopt_finished(experiment_id, parent_id, spec.name,
+                                     {r.config_hash: (r.arm, r.name) for r in todo})
+    if copied:
+        todo = pending_runs(tracking, experiment_id, runs)
+    console.print(f"{spec.name}: {len(runs) - len(todo)} done, {len(todo)} to run"
+                  + (f" ({copied} copied from other studies)" if copied else ""))
     if not todo:
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
