@@ -146,13 +146,16 @@ class Tracking:
         return copied
 
     def start_child(self, experiment_id: str, parent_id: str, study: str, arm: str,
-                    run_name: str, config_hash: str, params: dict[str, Any]) -> ChildRun:
-        """Create a RUNNING child run with its params and tags."""
+                    run_name: str, config_hash: str, params: dict[str, Any],
+                    tags: dict[str, str] | None = None) -> ChildRun:
+        """Create a RUNNING child run with its params and tags (``tags`` adds more, set in
+        the same call that creates the run, e.g. the queue trial that owns it)."""
         run = self.client.create_run(
             experiment_id, run_name=run_name,
             tags={
                 PARENT_ID: parent_id, ROLE: "child", STUDY: study, ARM: arm, HASH: config_hash,
                 "nfstudy.git_commit": git_commit(), "nfstudy.host": socket.gethostname(),
+                **(tags or {}),
             },
         )
         child = ChildRun(self.client, run.info.run_id)
