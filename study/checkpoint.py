@@ -1,14 +1,28 @@
 """Checkpoints for long runs (``train.checkpoint_every``): a crashed run resumes from its
-last checkpoint. Files live under ``$NFSTUDY_HOME/checkpoints/<config hash>/`` and are
-written atomically (temp file + rename) so a kill mid-write leaves the previous one."""
+last checkpoint and ends with the same weights and metrics as an uninterrupted run.
+
+Files live under ``$NFSTUDY_HOME/checkpoints/<key>/last.pt`` (key: the config hash) and are
+written atomically (temp file, fsync, rename) so a kill mid-write leaves the previous one.
+They are read with ``torch.load(weights_only=True)``: a checkpoint holds tensors, numbers and
+containers of them, never code, so a tampered file cannot run anything.
+
+What a checkpoint holds (everything a training step reads that changes between steps): the
+model, the optimizer (momentum buffers), the EMA copy, the GradScaler, the step and epoch,
+the random generators (torch CPU, the run's CUDA device, Python's ``random``, and named extra
+generators such as the MixUp one), and the metrics of the last finished epoch. The data order
+is not saved: the loaders replay any epoch from ``(seed, epoch)`` (``set_epoch``). SAM keeps
+no state between steps.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from typing import Any
 
 import torch
+from torch import nn
 
 from study.paths import checkpoint_dir
 
@@ -16,16 +30,32 @@ _FILE = "last.pt"
 
 
 def save_checkpoint(key: str, state: dict[str, Any]) -> None:
+    """Write ``state`` as the last checkpoint of ``key``, atomically.
+
+    Args:
+        key: the run's checkpoint key (its config hash).
+        state: tensors, numbers, strings and dicts/lists/tuples of them (what
+            :func:`capture_state` returns).
+    """
     folder = checkpoint_dir(key)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (_FILE + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, folder / _FILE)
 
 
 def load_checkpoint(key: str) -> dict[str, Any] | None:
-    """The last checkpoint saved under ``key``, or ``None``. Loaded with
-    ``weights_only=True``: a checkpoint cannot run code."""
+    """The last checkpoint saved under ``key``, or ``None``.
+
+    Loaded with ``weights_only=True``: a checkpoint cannot run code.
+
+    Raises:
+        pickle.UnpicklingError: the file holds anything but tensors, numbers and containers
+            (e.g. a pickle whose ``__reduce__`` would run code).
+    """
     path = checkpoint_dir(key) / _FILE
     if not path.is_file():
         return None
@@ -33,4 +63,64 @@ def load_checkpoint(key: str) -> dict[str, Any] | None:
 
 
 def remove_checkpoint(key: str) -> None:
+    """Delete every checkpoint of ``key`` (the run finished)."""
     shutil.rmtree(checkpoint_dir(key), ignore_errors=True)
+
+
+def capture_state(*, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, ema_module: nn.Module | None,
+                  generators: dict[str, torch.Generator], device: torch.device,
+                  step: int, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """Everything needed to continue training after ``epoch`` exactly as if never stopped.
+
+    Args:
+        model: the plain (unwrapped) network.
+        optimizer: its optimizer (its state holds the momentum buffers).
+        scaler: the AMP GradScaler (its state is empty when disabled).
+        ema_module: the EMA's averaged copy, or ``None``.
+        generators: extra random generators of the run by name (e.g. MixUp's).
+        device: the training device (its CUDA generator is saved).
+        step: optimizer steps taken so far.
+        epoch: the epoch just finished (0-based).
+        metrics: the last epoch's metrics that the run returns at its end.
+
+    Returns:
+        A dict that :func:`save_checkpoint` can write and :func:`restore_state_` reads.
+    """
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema": ema_module.state_dict() if ema_module is not None else None,
+        "generators": {name: g.get_state() for name, g in generators.items()},
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "rng_python": random.getstate(),
+        "step": step,
+        "epoch": epoch,
+        "metrics": dict(metrics),
+    }
+
+
+def restore_state_(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, ema_module: nn.Module | None,
+                   generators: dict[str, torch.Generator], device: torch.device) -> None:
+    """Load a :func:`capture_state` dict back into freshly built training objects, in place.
+
+    Args:
+        state: what :func:`load_checkpoint` returned.
+        model, optimizer, scaler, ema_module, generators, device: as for :func:`capture_state`,
+            built the same way as in the run that saved ``state``.
+    """
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if ema_module is not None and state["ema"] is not None:
+        ema_module.load_state_dict(state["ema"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and state["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
+    version, internal, gauss = state["rng_python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -17,7 +17,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from study.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from study import distributed
+from study.checkpoint import capture_state, load_checkpoint, remove_checkpoint, restore_state_, save_checkpoint
 from study.data import build_data
 from study.models import build_model
 from study.optim.agc import AGC, agc_parameters
@@ -91,8 +92,10 @@ def train(
         ``epochs``, ``steps``.
     """
     start = time.perf_counter()
-    seed_everything(config.seed)
-    device = resolve_device(config.train.device)
+    world = distributed.world()  # one process, or this rank of a torchrun DDP run
+    world.local_batch_size(config.real_batch_size)
+    seed_everything(config.seed + world.rank)  # the data order uses config.seed on every rank
+    device = world.device(resolve_device(config.train.device))
     data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last)
     model = build_model(
         config.model.resolved_name,
@@ -103,7 +106,8 @@ def train(
     ).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if config.train.compile else model
+    replicated = world.wrap(model)  # DDP averages the gradients over the ranks
+    forward = torch.compile(replicated) if config.train.compile else replicated
 
     # The paper's rule: peak lr per 256 images, scaled by the (paper) batch size.
     peak_lr = config.optim.lr * config.data.batch_size / 256
@@ -116,7 +120,7 @@ def train(
         if config.agc.clipping is not None else None
     )
     sam = (
-        SAM(model, rho=config.sam.rho, mode=config.sam.mode, fraction=config.sam.fraction)
+        SAM(replicated, rho=config.sam.rho, mode=config.sam.mode, fraction=config.sam.fraction)
         if config.sam.mode != "off" else None
     )
     ema = EMA(model, decay=config.optim.ema_decay) if config.optim.ema_decay else None
@@ -138,24 +142,28 @@ def train(
     def loss_fn(logits, targets):
         return F.cross_entropy(logits.float(), targets, label_smoothing=config.train.label_smoothing)
 
+    generators = {}
     if config.data.mixup:
         from study.data.augment import mixup_cutmix
 
-        mix_gen = torch.Generator(device=device).manual_seed(config.seed)
+        generators["mixup"] = mix_gen = torch.Generator(device=device).manual_seed(config.seed)
 
     key = checkpoint_key or config.config_hash()
+    if world.size > 1:
+        key = f"{key}-rank{world.rank}-of-{world.size}"
+    training_objects = dict(model=model, optimizer=optimizer, scaler=scaler, generators=generators,
+                            ema_module=ema.module if ema is not None else None, device=device)
     state = load_checkpoint(key) if config.train.checkpoint_every else None
-    step, first_epoch = 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and "ema" in state:
-            ema.module.load_state_dict(state["ema"])
-        step, first_epoch = state["step"], state["epoch"] + 1
-        torch.set_rng_state(state["rng_cpu"])
-
-    outcome, train_loss, epoch_times = "completed", float("nan"), []
+    if not world.agree(-1 if state is None else state["epoch"]):
+        state = None  # a kill between the ranks' saves: start over rather than mix epochs
+    outcome, train_loss, epoch_times, step, first_epoch = "completed", float("nan"), [], 0, 0
     val = {"top1": float("nan"), "loss": float("nan")}
+    if state is not None:
+        restore_state_(state, **training_objects)
+        step, first_epoch = state["step"], state["epoch"] + 1
+        train_loss, val = state["metrics"]["train/loss"], {"top1": state["metrics"]["val/top1"],
+                                                           "loss": state["metrics"]["val/loss"]}
+    epochs_done = first_epoch
     for epoch in range(first_epoch, epochs):
         model.train()
         data.train.set_epoch(epoch)
@@ -169,8 +177,9 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             targets = y
-            if config.data.mixup:
+            if config.data.mixup:  # on the global batch: every rank mixes the same pairs
                 x, targets = mixup_cutmix(x, y, data.num_classes, alpha=0.2, generator=mix_gen)
+            x, targets = world.shard(x), world.shard(targets)  # this rank's slice
             if sam is not None:
                 sam.ascend_(loss_fn, x, targets)
             with autocast():
@@ -178,7 +187,7 @@ def train(
             scaler.scale(loss).backward()
             if sam is not None:
                 sam.restore_()
-            if agc is not None:
+            if agc is not None:  # the gradient is all-reduced (DDP) by now
                 scaler.unscale_(optimizer)  # AGC sees the true gradient (PAPER.md §4)
                 agc.clip_()
             scaler.step(optimizer)
@@ -190,12 +199,15 @@ def train(
             batches += 1
             step += 1
             # A host sync: free on the CPU, so check every step there; every few on a GPU.
-            if (device.type == "cpu" or step % DIVERGENCE_CHECK_EVERY == 0) and not torch.isfinite(loss):
+            # Under DDP every rank decides on the mean loss, so all of them stop together.
+            if ((device.type == "cpu" or step % DIVERGENCE_CHECK_EVERY == 0)
+                    and not torch.isfinite(world.mean(loss.detach()))):
                 outcome = "diverged"
                 break
-        train_loss = (loss_sum / max(batches, 1)).item()  # the epoch's one sync
+        train_loss = (world.mean(loss_sum) / max(batches, 1)).item()  # the epoch's one sync
         epoch_s = time.perf_counter() - epoch_start
         epoch_times.append((epoch_s, batches))
+        epochs_done = epoch + 1
         if outcome == "diverged" or not math.isfinite(train_loss):
             outcome = "diverged"
             if tracker is not None:
@@ -217,11 +229,7 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if config.train.checkpoint_every and (epoch + 1) % config.train.checkpoint_every == 0:
-            save_checkpoint(key, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                **({"ema": ema.module.state_dict()} if ema is not None else {}),
-                "step": step, "epoch": epoch, "rng_cpu": torch.get_rng_state(),
-            })
+            save_checkpoint(key, capture_state(**training_objects, step=step, epoch=epoch, metrics=metrics))
 
     if outcome == "diverged":
         test = {"top1": 1.0 / data.num_classes, "loss": float("nan")}
@@ -242,7 +250,7 @@ def train(
         "train/loss": train_loss,
         "time/step_ms": step_ms,
         "time/total_s": time.perf_counter() - start,
-        "epochs": len(epoch_times),
+        "epochs": epochs_done,
         "steps": step,
     }
 

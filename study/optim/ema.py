@@ -77,4 +77,5 @@ class EMA:
         d = self.decay_at(step)
         with torch.no_grad():
             torch._foreach_lerp_(self._params, [p.detach() for _, p in named_params], 1.0 - d)
-            torch._foreach_copy_(self._buffers, [b for _, b in named_buffers])
+            if self._buffers:  # a Normalizer-Free model may have none
+                torch._foreach_copy_(self._buffers, [b for _, b in named_buffers])

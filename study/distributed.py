@@ -1,0 +1,232 @@
+"""One big run on several GPUs (or CPU processes): ``torchrun`` + DistributedDataParallel.
+
+The run keeps the meaning of its config: ``data.batch_size`` is the *global* batch and the
+learning-rate rule (``optim.lr``·B/256) is unchanged. Every rank draws the same global batch
+(the loaders' order comes from the shared seed) and trains on its contiguous slice of it;
+DDP averages the gradients, so the mean loss and its gradient equal one process on the whole
+batch, and AGC, called after ``backward()``, clips the all-reduced gradient (PAPER.md §4).
+The SAM ascent runs inside ``no_sync()``: local to each replica (PAPER.md §5). Evaluation
+runs on every rank over the whole split (identical results, no collective); only rank 0
+reports metrics.
+
+``train_distributed(config, nproc)`` launches
+``python -m torch.distributed.run --standalone --nproc-per-node N -m study.distributed
+<config.json> <out_dir>`` (gloo on CPU, NCCL on CUDA). Rank 0 appends each epoch's metrics to
+``out_dir/metrics.jsonl``, which the caller tails and forwards to its tracker, and writes the
+final result to ``out_dir/result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from study.errors import ConfigError
+from study.spec import RunConfig
+
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+LOG_FILE = "torchrun.log"
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the replicas of one run (size 1 outside ``torchrun``)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device of this rank: ``cuda:<local rank>`` under DDP on CUDA, else ``device``."""
+        if self.size > 1 and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def local_batch_size(self, global_batch_size: int) -> int:
+        """Rows of each global batch that this rank trains on.
+
+        Raises:
+            ConfigError: the global batch does not split evenly over the ranks.
+        """
+        if global_batch_size % self.size:
+            raise ConfigError(f"data.batch_size: got a batch of {global_batch_size} drawn per step for "
+                              f"{self.size} processes; allowed: a multiple of the process count")
+        return global_batch_size // self.size
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (the whole batch on one process)."""
+        if self.size == 1:
+            return batch
+        return batch.tensor_split(self.size)[self.rank]
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in DDP when there are several ranks (rank 0's weights are broadcast)."""
+        if self.size == 1:
+            return model
+        device = next(model.parameters()).device
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of ``tensor`` over the ranks (``tensor`` itself on one process)."""
+        if self.size == 1:
+            return tensor
+        total = tensor.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.size
+
+    def agree(self, value: int) -> bool:
+        """Whether every rank holds the same ``value`` (always true on one process)."""
+        if self.size == 1:
+            return True
+        both = torch.tensor([value, -value], dtype=torch.int64,
+                            device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        return int(both[0]) == -int(both[1])
+
+
+def world() -> World:
+    """The current process's :class:`World`: from the initialised process group, else size 1."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(rank=dist.get_rank(), size=dist.get_world_size(),
+                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+class _JsonlSink:
+    """Rank 0's metric sink: one JSON line per tracker call and per ``on_epoch`` call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _append(self, kind: str, metrics: dict[str, float], step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "step": step, "metrics": metrics}) + "\n")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._append("log", metrics, step)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._append("epoch", metrics, epoch)
+
+
+def train_distributed(
+    config: RunConfig,
+    nproc: int,
+    tracker: Any | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float | str]:
+    """Train one run on ``nproc`` processes with DDP and return its final metrics.
+
+    Args:
+        config: the run's configuration; ``data.batch_size`` (or ``device_batch_size``) is the
+            global batch and must split evenly over ``nproc``.
+        nproc: processes to start (one per GPU on a GPU box).
+        tracker: receives rank 0's per-epoch metrics (``log_metrics(metrics, step)``).
+        on_epoch: called with ``(epoch, metrics)`` after each epoch, as in
+            :func:`study.trainer.train`; if it raises, the processes are stopped and the
+            exception propagates.
+
+    Returns:
+        What :func:`study.trainer.train` returns, from rank 0.
+
+    Raises:
+        ConfigError: ``nproc`` below 1, or a batch that does not split over ``nproc``.
+        RuntimeError: the processes failed (the message ends with the log's last lines).
+    """
+    if nproc < 1:
+        raise ConfigError(f"--nproc-per-node: got {nproc}; allowed: 1 or more")
+    World(size=nproc).local_batch_size(config.real_batch_size)
+    out = Path(tempfile.mkdtemp(prefix="nfstudy-ddp-"))
+    (out / "config.json").write_text(config.model_dump_json())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "study.distributed", str(out / "config.json"), str(out)]
+    with open(out / LOG_FILE, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    offset = 0
+    try:
+        while True:
+            exited = proc.poll() is not None
+            offset = _forward_lines(out / METRICS_FILE, offset, tracker, on_epoch)
+            if exited:
+                break
+            time.sleep(_POLL_S)
+    except BaseException:
+        _stop(proc)
+        raise
+    if proc.returncode != 0 or not (out / RESULT_FILE).is_file():
+        tail = (out / LOG_FILE).read_text(errors="replace").splitlines()[-20:]
+        raise RuntimeError(f"torchrun with {nproc} processes exited with code {proc.returncode} "
+                           f"(log {out / LOG_FILE}):\n" + "\n".join(tail))
+    return json.loads((out / RESULT_FILE).read_text())
+
+
+def _forward_lines(path: Path, offset: int, tracker, on_epoch) -> int:
+    """Forward the complete lines of ``path`` after ``offset``; return the new offset."""
+    if not path.is_file():
+        return offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    for line in complete.decode().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "log" and tracker is not None:
+            tracker.log_metrics(record["metrics"], record["step"])
+        elif record["kind"] == "epoch" and on_epoch is not None:
+            on_epoch(record["step"], record["metrics"])
+    return offset + len(complete)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop torchrun and its ranks (their own process group), SIGTERM then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Per-rank entry (``python -m study.distributed CONFIG_JSON OUT_DIR`` under torchrun)."""
+    from study.trainer import resolve_device, train
+
+    config_path, out_dir = argv if argv is not None else sys.argv[1:]
+    out = Path(out_dir)
+    config = RunConfig.model_validate_json(Path(config_path).read_text())
+    device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        sink = _JsonlSink(out / METRICS_FILE) if dist.get_rank() == 0 else None
+        result = train(config, tracker=sink, on_epoch=sink.on_epoch if sink is not None else None)
+        if sink is not None:
+            tmp = out / (RESULT_FILE + ".tmp")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, out / RESULT_FILE)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
