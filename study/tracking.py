@@ -5,6 +5,11 @@ invocations), one child run per RunConfig. The coordinator creates the database,
 experiment and the parent before any run starts; workers get ids and never create them.
 Everything goes through an explicit :class:`MlflowClient` and run ids (no fluent
 active-run stack). Metrics are logged asynchronously in batches, flushed at the run's end.
+
+Nothing is lost when a tracking server goes away: a child run whose call fails while the
+server does not answer goes on, writing to the local spool (:mod:`study.spool`), and
+``nfstudy sync`` (or the next ``nfstudy run``) uploads it. HTTP calls are bounded
+(:data:`study.preflight.HTTP_CLIENT_ENV`) so a dead server costs seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from study import paths
+from study import paths, preflight
 from study.errors import TrackingError
+from study.redaction import redact
+from study.spool import SpoolWriter
+from study.spool import finished as spool_finished
 
 ROLE, STUDY, ARM, HASH, OUTCOME = (
     "nfstudy.role", "nfstudy.study", "nfstudy.arm", "nfstudy.config_hash", "nfstudy.outcome",
@@ -54,17 +62,68 @@ class Tracking:
     """
 
     def __init__(self, uri: str | None = None):
-        self.uri = paths.tracking_uri(uri)
+        self.uri = preflight.sqlalchemy_url(paths.tracking_uri(uri))
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith(("http://", "https://")):
+            preflight.configure_http_client()
         self.client = MlflowClient(self.uri)
+        self.offline = False
+        """True once a call failed because the server did not answer (runs go to the spool)."""
+        self._descriptions: dict[str, str] = {}
+
+    def reachable(self) -> bool:
+        """Whether the tracking server answers now (stores that are not servers: always)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return True
+        try:
+            preflight.check_tracking(self.uri)
+        except Exception:  # noqa: BLE001 - any failure of the probe means: not now
+            return False
+        return True
+
+    def _online(self) -> bool:
+        """Not offline, or offline but the server answers again (then online again)."""
+        if self.offline and self.reachable():
+            self.offline = False
+        return not self.offline
+
+    def finished_run_id(self, experiment_id: str, config_hash: str) -> str | None:
+        """The id of a FINISHED child run of ``config_hash`` (``"spool"`` when the only one
+        is in the local spool, waiting for ``nfstudy sync``), else ``None``."""
+        if self._online():
+            try:
+                runs = self.client.search_runs(
+                    [experiment_id], max_results=1,
+                    filter_string=f"tags.`{HASH}` = '{config_hash}' and tags.`{ROLE}` = 'child' "
+                                  "and attributes.status = 'FINISHED'")
+                if runs:
+                    return runs[0].info.run_id
+            except Exception:
+                if self.reachable():
+                    raise
+                self.offline = True
+        return "spool" if config_hash in spool_finished(experiment_id) else None
+
+    def finished_outcomes(self, experiment_id: str) -> dict[str, str]:
+        """``{config hash: outcome}`` of the FINISHED child runs, in MLflow or in the spool."""
+        outcomes = spool_finished(experiment_id)
+        if self._online():
+            try:
+                outcomes.update({run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, "completed")
+                                 for run in self._finished_runs([experiment_id])})
+            except Exception:
+                if self.reachable():
+                    raise
+                self.offline = True
+        return outcomes
 
     def ensure_study(self, name: str, description: str = "") -> tuple[str, str]:
         """Get or create the study's experiment and parent run; returns their ids."""
         try:
             experiment = self.client.get_experiment_by_name(name)
         except Exception as err:  # MLflow raises many types for an unusable store
-            raise TrackingError(f"tracking store '{self.uri}' is not usable: {_short(err)}") from None
+            raise TrackingError(f"tracking store '{redact(self.uri)}' is not usable: {_short(err)}") from None
         if experiment is None:
             location = None
             if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
@@ -85,6 +144,7 @@ class Tracking:
             )
             parent_id = run.info.run_id
             self.client.set_terminated(parent_id, "FINISHED")
+        self._descriptions[experiment_id] = description
         return experiment_id, parent_id
 
     def _finished_runs(self, experiment_ids: list[str]):
@@ -149,42 +209,90 @@ class Tracking:
                     run_name: str, config_hash: str, params: dict[str, Any],
                     tags: dict[str, str] | None = None) -> ChildRun:
         """Create a RUNNING child run with its params and tags (``tags`` adds more, set in
-        the same call that creates the run, e.g. the queue trial that owns it)."""
-        run = self.client.create_run(
-            experiment_id, run_name=run_name,
-            tags={
-                PARENT_ID: parent_id, ROLE: "child", STUDY: study, ARM: arm, HASH: config_hash,
-                "nfstudy.git_commit": git_commit(), "nfstudy.host": socket.gethostname(),
-                **(tags or {}),
-            },
-        )
-        child = ChildRun(self.client, run.info.run_id)
-        child.log_params(params)
+        the same call that creates the run, e.g. the queue trial that owns it).
+
+        While the server does not answer, the child run is spooled (:mod:`study.spool`)."""
+        tags = {
+            PARENT_ID: parent_id, ROLE: "child", STUDY: study, ARM: arm, HASH: config_hash,
+            "nfstudy.git_commit": git_commit(), "nfstudy.host": socket.gethostname(),
+            **(tags or {}),
+        }
+        header = {"study": study, "description": self._descriptions.get(experiment_id, ""),
+                  "experiment_id": experiment_id, "parent_id": parent_id, "run_name": run_name,
+                  "tags": tags, "params": {k: param_value(v) for k, v in params.items()},
+                  "start_time": int(time.time() * 1000)}
+        if self._online():
+            try:
+                run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+            except Exception:
+                if self.reachable():
+                    raise
+                self.offline = True
+            else:
+                child = ChildRun(self.client, run.info.run_id, tracking=self, header=header)
+                child.log_params(params)
+                return child
+        child = ChildRun(self.client, None, tracking=self, header=header)
+        child.spool = SpoolWriter({**header, "run_id": None})
         return child
 
 
 class ChildRun:
-    """One child run. ``log_metrics`` is asynchronous; :meth:`finish` flushes and closes."""
+    """One child run. ``log_metrics`` is asynchronous; :meth:`finish` flushes and closes.
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    Given its ``tracking`` and spool ``header`` (as :meth:`Tracking.start_child` does), a
+    call that fails while the server does not answer moves the run to the local spool for
+    the rest of its life (``self.spool``); any other failure raises as usual.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str | None, *, tracking: Tracking | None = None,
+                 header: dict[str, Any] | None = None):
         self.client, self.run_id = client, run_id
-        self._pending: list = []
+        self._pending: list[tuple[Any, list[Metric]]] = []
+        self._tracking, self._header = tracking, header
+        self.spool: SpoolWriter | None = None
+
+    def _to_spool(self, err: Exception) -> SpoolWriter:
+        """The spool, opened on the first failure while the server is unreachable; ``err``
+        is raised again when the server answers (the failure is something else)."""
+        if self.spool is None:
+            if self._tracking is None or self._header is None or self._tracking.reachable():
+                raise err
+            self._tracking.offline = True
+            self.spool = SpoolWriter({**self._header, "run_id": self.run_id})
+        return self.spool
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, param_value(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        if self.spool is not None:
+            self.spool.append({"kind": "params", "params": {p.key: p.value for p in items}})
+            return
+        try:
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
+        except Exception as err:
+            self._to_spool(err).append({"kind": "params", "params": {p.key: p.value for p in items}})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        if self.spool is not None:
+            self.spool.metrics(batch)
+            return
+        try:
+            self._pending.append((self.client.log_batch(self.run_id, metrics=batch, synchronous=False), batch))
+        except Exception as err:
+            self._to_spool(err).metrics(batch)
 
     def flush(self) -> None:
-        for operation in self._pending:
-            if operation is not None:
+        pending, self._pending = self._pending, []
+        for operation, batch in pending:
+            if operation is None:
+                continue
+            try:
                 operation.wait()
-        self._pending.clear()
+            except Exception as err:
+                self._to_spool(err).metrics(batch)
 
     def finish(self, result: dict[str, Any]) -> None:
         """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies) and the
@@ -196,9 +304,25 @@ class ChildRun:
         now = int(time.time() * 1000)
         step = int(result.get("epochs", 0))
         metrics = [Metric(k, float(v), now, step) for k, v in finals.items()]
-        self.client.log_batch(self.run_id, metrics=metrics,
-                              tags=[RunTag(OUTCOME, str(result.get("outcome", "completed")))])
-        self.client.set_terminated(self.run_id, "FINISHED")
+        outcome = str(result.get("outcome", "completed"))
+        if self.spool is None:
+            try:
+                self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(OUTCOME, outcome)])
+            except Exception as err:
+                self._to_spool(err)
+        if self.spool is not None:
+            self.spool.metrics(metrics)
+            self.spool.tags({OUTCOME: outcome})
+        self._terminate("FINISHED")
+
+    def _terminate(self, status: str) -> None:
+        if self.spool is None:
+            try:
+                self.client.set_terminated(self.run_id, status)
+                return
+            except Exception as err:
+                self._to_spool(err)
+        self.spool.end(status)
 
     def end(self, status: str, reason: str = "") -> None:
         """Close the run as FAILED or KILLED (not a result; the next ``run`` retries it)."""
@@ -207,9 +331,14 @@ class ChildRun:
             self.flush()
         except Exception:  # noqa: BLE001 - the run is failing already; keep the first error
             pass
-        if reason:
-            self.client.set_tag(self.run_id, "nfstudy.error", reason[:5000])
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.from_string(status)))
+        if reason and self.spool is None:
+            try:
+                self.client.set_tag(self.run_id, "nfstudy.error", reason[:5000])
+            except Exception as err:
+                self._to_spool(err)
+        if reason and self.spool is not None:
+            self.spool.tags({"nfstudy.error": reason[:5000]})
+        self._terminate(RunStatus.to_string(RunStatus.from_string(status)))
 
 
 def _short(err: Exception) -> str:

@@ -1,0 +1,147 @@
+"""Checks made before anything is written: data directories, tracking store, queue storage.
+
+``nfstudy run`` calls them after validating the study and before it opens MLflow, so a
+missing data set or a dead server is one line and exit 2, with no database, experiment or
+run created. Servers are probed with a short timeout (:data:`PROBE_TIMEOUT_S`): an
+unreachable URL answers in seconds, never hangs. Messages show URLs redacted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from study.errors import ConfigError, DataError, TrackingError
+from study.redaction import redact
+from study.spec import RunConfig
+
+#: Seconds a probe of a tracking server or database may take.
+PROBE_TIMEOUT_S = 5
+#: MLflow's HTTP client defaults (7 retries with exponential backoff, 120 s timeout) make a
+#: dead server hang a command for minutes; these bound one call to about 20 s. Values
+#: already in the environment win.
+HTTP_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+#: Data sets read from ``data.root`` (digits is embedded, fake is generated).
+_ON_DISK = ("cifar10", "cifar100", "imagefolder")
+_SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://USER@HOST:PORT/DB, mysql://…, file:///PATH"
+
+
+def check_data(configs: Iterable[RunConfig]) -> None:
+    """Every on-disk data set's ``data.root`` exists (unless ``data.download`` is true).
+
+    Raises:
+        DataError: naming the key, the missing directory and what to do.
+    """
+    seen = set()
+    for config in configs:
+        data = config.data
+        key = (data.name, data.root, data.download)
+        if data.name not in _ON_DISK or data.download or key in seen:
+            continue
+        seen.add(key)
+        if data.root is None:
+            raise DataError(f"data.root is not set for data.name={data.name}: set data.root to its "
+                            "directory (or data.download=true to fetch it)")
+        if not Path(data.root).expanduser().is_dir():
+            raise DataError(f"data.root '{data.root}' does not exist (data.name={data.name}, "
+                            "data.download=false): set data.root to an existing directory or data.download=true")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
+    this project ships psycopg2."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def configure_http_client() -> None:
+    """Bound MLflow's HTTP retries and timeout (:data:`HTTP_CLIENT_ENV`) in this process."""
+    for name, value in HTTP_CLIENT_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def check_tracking(uri: str) -> None:
+    """The tracking URI is well formed and its server or database answers (nothing created).
+
+    Raises:
+        ConfigError: a malformed URI or an unsupported scheme.
+        TrackingError: the server or database does not answer within :data:`PROBE_TIMEOUT_S`.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"--tracking-uri '{redact(uri)}': no host; expected http://HOST:PORT")
+        _probe_http(uri)
+    elif scheme in ("postgresql", "mysql", "mssql"):
+        if not parts.hostname:
+            raise ConfigError(f"--tracking-uri '{redact(uri)}': no host; expected {scheme}://USER@HOST:PORT/DB")
+        check_database(uri, "--tracking-uri")
+    elif scheme == "sqlite":
+        if not uri.startswith("sqlite:///") or uri == "sqlite:///":
+            raise ConfigError(f"--tracking-uri '{redact(uri)}': expected sqlite:///ABSOLUTE/PATH.db")
+    elif scheme not in ("file", "") and not (len(scheme) == 1 and os.name == "nt"):
+        raise ConfigError(f"--tracking-uri '{redact(uri)}': unsupported scheme '{scheme}'; allowed: {_SCHEMES}")
+
+
+def check_database(url: str, option: str) -> None:
+    """Connect to a PostgreSQL/MySQL URL once, with a timeout.
+
+    Raises:
+        TrackingError: naming ``option`` and the redacted URL.
+    """
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": PROBE_TIMEOUT_S})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - drivers raise many types for a dead server
+        raise TrackingError(f"{option} '{redact(url)}' is unreachable: {_first_line(err)}") from None
+
+
+def check_storage(url: str | None) -> None:
+    """A database queue storage (``--storage postgresql://…``) answers; journal files and
+    SQLite need no probe.
+
+    Raises:
+        TrackingError: the database does not answer.
+    """
+    if url and urlsplit(url).scheme.split("+")[0].lower() in ("postgresql", "mysql"):
+        check_database(url, "--storage")
+
+
+def _probe_http(uri: str) -> None:
+    parts = urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]  # urllib takes no credentials in the URL
+    url = f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):  # behind authentication: it is there
+            return
+        raise TrackingError(f"tracking server {redact(uri)} is not an MLflow server: GET /health "
+                            f"answered HTTP {err.code}") from None
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"tracking server {redact(uri)} is unreachable ({redact(str(reason))}, "
+                            f"{PROBE_TIMEOUT_S} s timeout): start it, e.g. `nfstudy ui`, or pass another "
+                            "--tracking-uri") from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return redact(lines[0][:300]) if lines else type(err).__name__
