@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,12 +168,15 @@ def train_distributed(
             time.sleep(_POLL_S)
     except BaseException:
         _stop(proc)
+        shutil.rmtree(out, ignore_errors=True)
         raise
     if proc.returncode != 0 or not (out / RESULT_FILE).is_file():
         tail = (out / LOG_FILE).read_text(errors="replace").splitlines()[-20:]
         raise RuntimeError(f"torchrun with {nproc} processes exited with code {proc.returncode} "
                            f"(log {out / LOG_FILE}):\n" + "\n".join(tail))
-    return json.loads((out / RESULT_FILE).read_text())
+    result = json.loads((out / RESULT_FILE).read_text())
+    shutil.rmtree(out, ignore_errors=True)  # a failed run's folder stays, for its log
+    return result
 
 
 def _forward_lines(path: Path, offset: int, tracker, on_epoch) -> int:
