@@ -3,12 +3,13 @@ Optuna stores are real SQLite files that vanish with the test."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: tests start worker subprocesses beside the test process on 2-core CI
+# machines, where two threads each oversubscribe the cores (measured: up to 7x slower).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,78 @@
+"""MLflow layout and resumption, through the real CLI on a real SQLite store."""
+
+from mlflow.tracking import MlflowClient
+
+from study import paths
+from study.cli import main
+
+STUDY = """
+name: tiny
+base: presets/smoke.yaml
+arms:
+  nf: {model.norm: nf}
+  bn: {model.norm: bn}
+grid:
+  agc.clipping: [null, 0.04]
+seeds: [0, 1]
+"""
+
+
+def _children(client, name):
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], "tags.`nfstudy.role` = 'child'")
+
+
+def test_layout_one_parent_n_children_params_tags_metrics(study_file, capsys):
+    assert main(["run", str(study_file(STUDY))]) == 0
+    client = MlflowClient(paths.tracking_uri())
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    parents = client.search_runs([experiment.experiment_id], "tags.`nfstudy.role` = 'parent'")
+    assert len(parents) == 1
+    children = _children(client, "tiny")
+    assert len(children) == 2 * 2 * 2
+    hashes = {run.data.tags["nfstudy.config_hash"] for run in children}
+    assert len(hashes) == 8
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["nfstudy.study"] == "tiny"
+        assert run.data.tags["nfstudy.arm"] in ("nf", "bn")
+        assert run.data.tags["nfstudy.outcome"] in ("completed", "diverged")
+        assert run.data.params["data.name"] == "digits"
+        assert run.data.params["seed"] in ("0", "1")
+        for key in ("val/top1", "test/top1", "train/loss", "final/val/top1", "time/step_ms"):
+            assert key in run.data.metrics
+    history = client.get_metric_history(children[0].info.run_id, "val/top1")
+    assert [m.step for m in history] == list(range(len(history)))
+
+
+def test_second_run_starts_nothing(study_file, capsys):
+    path = str(study_file(STUDY))
+    assert main(["run", path]) == 0
+    capsys.readouterr()
+    assert main(["run", path]) == 0
+    assert "8 done, 0 to run" in capsys.readouterr().out
+    assert len(_children(MlflowClient(paths.tracking_uri()), "tiny")) == 8
+
+
+def test_changed_override_runs_only_the_new_configs(study_file, capsys):
+    path = str(study_file(STUDY))
+    assert main(["run", path]) == 0
+    capsys.readouterr()
+    assert main(["run", path, "--set", "train.steps=3"]) == 0
+    assert "0 done, 8 to run" in capsys.readouterr().out
+
+
+def test_another_study_reuses_a_finished_config(study_file, capsys):
+    assert main(["run", str(study_file(STUDY))]) == 0
+    other = STUDY.replace("name: tiny", "name: other").replace("[null, 0.04]", "[0.04, 0.08]")
+    assert main(["run", str(study_file(other, "other.yaml"))]) == 0
+    out = capsys.readouterr().out
+    assert "4 copied from other studies" in out
+    client = MlflowClient(paths.tracking_uri())
+    copies = [r for r in _children(client, "other") if "nfstudy.copied_from" in r.data.tags]
+    assert len(copies) == 4
+    source = client.get_run(copies[0].data.tags["nfstudy.copied_from"])
+    assert source.data.tags["nfstudy.config_hash"] == copies[0].data.tags["nfstudy.config_hash"]
+    assert copies[0].data.metrics["test/top1"] == source.data.metrics["test/top1"]

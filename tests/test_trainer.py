@@ -1,0 +1,62 @@
+import math
+
+import pytest
+
+from study.registry import load_preset
+from study.spec import make_config
+from study.trainer import train
+
+
+def _smoke(**overrides):
+    return make_config({**load_preset("smoke"), **overrides})
+
+
+def test_trainer_beats_chance_clearly_on_digits():
+    cfg = _smoke(**{"train.steps": 60, "data.batch_size": 256, "model.norm": "bn"})
+    result = train(cfg)
+    assert result["outcome"] == "completed"
+    assert result["steps"] == 60
+    assert result["val/top1"] > 0.5 and result["test/top1"] > 0.5  # chance is 0.1
+    assert math.isfinite(result["train/loss"]) and result["time/step_ms"] > 0
+
+
+class _Sink:
+    def __init__(self):
+        self.logged = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+
+def test_epoch_metrics_go_to_the_tracker_and_callback():
+    sink, seen = _Sink(), []
+    cfg = _smoke(**{"train.steps": None, "train.epochs": 2, "data.device_batch_size": 512})
+    train(cfg, tracker=sink, on_epoch=lambda epoch, m: seen.append(epoch))
+    assert [step for step, _ in sink.logged] == [0, 1] == seen
+    for key in ("train/loss", "val/loss", "val/top1", "time/epoch_s", "time/images_per_s"):
+        assert key in sink.logged[-1][1]
+
+
+def test_nan_loss_stops_at_once_as_diverged():
+    # lr 0.1·2^20/256 ≈ 410 without clipping: the NF net blows up within a few steps.
+    cfg = _smoke(**{"train.steps": 200, "data.batch_size": 2**20, "model.norm": "nf"})
+    result = train(cfg)
+    assert result["outcome"] == "diverged"
+    assert result["steps"] < 200
+    assert result["val/top1"] == pytest.approx(0.1)
+
+
+def test_same_seed_same_result_and_seed_changes_it():
+    a = train(_smoke(**{"train.steps": 5}))
+    b = train(_smoke(**{"train.steps": 5}))
+    c = train(_smoke(**{"train.steps": 5, "seed": 1}))
+    assert a["train/loss"] == b["train/loss"]
+    assert a["train/loss"] != c["train/loss"]
+
+
+@pytest.mark.parametrize("sam_mode", ["full", "fraction"])
+def test_sam_and_agc_and_ema_train(sam_mode):
+    cfg = _smoke(**{"train.steps": 30, "data.batch_size": 256, "sam.mode": sam_mode,
+                    "agc.clipping": 0.08, "optim.ema_decay": 0.99})
+    result = train(cfg)
+    assert result["outcome"] == "completed" and result["val/top1"] > 0.3
