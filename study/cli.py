@@ -6,6 +6,7 @@ Bad input of any kind prints one line naming the problem and exits 2; ``--debug`
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from typer.exceptions import TyperException
+
 from study.errors import NfstudyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -23,6 +26,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 _SET_HELP = "Override a config key for every run, e.g. --set agc.clipping=0.02 (repeatable)."
+_STORAGE_HELP = ("Queue storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines, or a journal file "
+                 "path (default: $NFSTUDY_STORAGE, else $NFSTUDY_HOME/queue.journal).")
 
 
 def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
@@ -88,9 +93,15 @@ def run(
     set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs; train nothing."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes: one GPU each when there "
+                                "are GPUs, else an equal share of the CPU cores; 1 trains in this process."),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
-    """Run what is not finished yet of a study; finished configs are never trained again."""
-    from study.execution import execute, pending_runs
+    """Run what is not finished yet of a study; finished configs are never trained again.
+
+    The configs go into the study's queue (Optuna storage); local workers and any
+    `nfstudy worker` on other machines train them. Ctrl-C stops cleanly (exit 130)."""
+    from study.execution import execute
     from study.tracking import Tracking
 
     spec, runs = _plan(name, preset, set_)
@@ -101,41 +112,192 @@ def run(
         for r in todo:
             console.print(f"  {r.config_hash}  {r.name}")
         return
+    _preflight(runs, tracking_uri, storage)
     tracking = Tracking(tracking_uri)
-    experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
-    todo = pending_runs(tracking, experiment_id, runs)
-    copied = tracking.adopt_finished(experiment_id, parent_id, spec.name,
-                                     {r.config_hash: (r.arm, r.name) for r in todo})
-    if copied:
-        todo = pending_runs(tracking, experiment_id, runs)
-    console.print(f"{spec.name}: {len(runs) - len(todo)} done, {len(todo)} to run"
-                  + (f" ({copied} copied from other studies)" if copied else ""))
-    if not todo:
-        return
+    _sync_spool(tracking)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        overall = progress.add_task("runs", total=len(runs), completed=len(runs) - len(todo))
-        epochs = progress.add_task("epochs", total=None)
+        overall = progress.add_task("runs", total=len(runs))
+        epochs = progress.add_task("epochs", total=None, visible=workers == 1)
 
-        def on_run_start(r):
-            progress.reset(epochs, total=None, description=f"  {r.name}")
+        def on_prepared(prepared):
+            notes = [f"{prepared.adopted} copied from other studies" if prepared.adopted else "",
+                     f"{prepared.recovered} lost runs recovered" if prepared.recovered else ""]
+            notes = [n for n in notes if n]
+            progress.console.print(f"{spec.name}: {len(prepared.done_before)} done, "
+                                   f"{len(runs) - len(prepared.done_before)} to run, {workers} worker(s)"
+                                   + (f" ({', '.join(notes)})" if notes else ""), markup=False)
+
+        def on_progress(finished, total):
+            progress.update(overall, completed=finished, total=total)
+
+        def on_event(event, job, result):
+            if event == "start":
+                progress.reset(epochs, total=None, description=f"  {job.run_name}")
+            elif event == "finished":
+                top1 = result.get("val/top1")
+                score = f" val/top1 {top1:.3f}" if isinstance(top1, float) else ""
+                progress.console.print(f"  {job.run_name} [{job.config_hash}]: {result['outcome']}{score}", markup=False)
+            elif event == "failed":
+                progress.console.print(f"  {job.run_name} [{job.config_hash}]: FAILED", markup=False)
 
         def on_epoch(epoch, metrics):
             progress.update(epochs, completed=epoch + 1,
                             description=f"  {progress.tasks[epochs].description.split(' |')[0]} | val/top1 {metrics['val/top1']:.3f}")
 
-        def on_run_end(r, result):
-            progress.advance(overall)
-            outcome = "FAILED" if result is None else f"{result['outcome']} val/top1 {result['val/top1']:.3f}"
-            progress.console.print(f"  {r.name} [{r.config_hash}]: {outcome}", markup=False)
-
-        summary = execute(spec, runs, tracking, on_run_start, on_epoch, on_run_end)
+        summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=on_prepared,
+                          on_progress=on_progress, on_event=on_event, on_epoch=on_epoch)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
                   f"{len(summary.failed)} failed, {summary.done_before} were already done")
     for line in summary.failed:
-        err_console.print(f"failed: {line}")
+        err_console.print(f"failed: {line}", markup=False)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _preflight(runs, tracking_uri: Optional[str], storage: Optional[str]) -> None:
+    """Data directories, tracking store and queue storage: checked before anything is written."""
+    from study import paths, preflight
+    from study.queue import storage_url
+
+    preflight.check_data(r.config for r in runs)
+    preflight.check_tracking(paths.tracking_uri(tracking_uri))
+    preflight.check_storage(storage_url(storage))
+
+
+def _sync_spool(tracking) -> None:
+    """Upload runs spooled while the tracking server was unreachable (see `nfstudy sync`)."""
+    from study import spool
+
+    if spool.pending():
+        summary = spool.sync(tracking, on_run=lambda line: console.print(f"sync: {line}", markup=False))
+        console.print(f"sync: {summary.uploaded} spooled runs uploaded, {summary.duplicates} duplicates dropped",
+                      markup=False)
+
+
+@app.command()
+def sync(
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+) -> None:
+    """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
+    unreachable. Idempotent: a config already FINISHED is not recorded twice."""
+    from study import paths, preflight, spool
+    from study.tracking import Tracking
+
+    if not spool.pending():
+        console.print("sync: nothing spooled", markup=False)
+        return
+    preflight.check_tracking(paths.tracking_uri(tracking_uri))
+    _sync_spool(Tracking(tracking_uri))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port of the MLflow UI."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1). Anything else "
+                                       "opens the UI, which has no login, to the network."),
+    optuna: bool = typer.Option(False, "--optuna", help="Also start optuna-dashboard on the Optuna storage."),
+    optuna_port: Optional[int] = typer.Option(None, help="Port of optuna-dashboard (default: --port + 1)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage of searches (default: $NFSTUDY_HOME/optuna.db)."),
+) -> None:
+    """MLflow UI on the same tracking database and artifacts as `run` (127.0.0.1); Ctrl-C stops."""
+    from study import paths
+    from study.ui import LOOPBACK, serve
+
+    if host is not None and host not in LOOPBACK:
+        err_console.print(f"warning: --host {host} makes the UI reachable from the network; "
+                          "MLflow has no login: anyone who reaches it can read and delete runs",
+                          markup=False, highlight=False, soft_wrap=True)
+    code = serve(paths.tracking_uri(tracking_uri), host or "127.0.0.1", port,
+                 paths.optuna_storage(storage) if optuna else None, optuna_port or port + 1,
+                 lambda line: console.print(line, markup=False, highlight=False))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    study: str = typer.Option(..., "--study", help="The study whose queue to join (its name; no study file needed)."),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://HOST:5000 "
+                                               "(default: $NFSTUDY_HOME/mlflow.db)."),
+    parent_pid: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (a local coordinator) dies."),
+) -> None:
+    """Join a study's queue (e.g. from another machine) and train until the queue is empty.
+
+    Start `nfstudy run NAME --storage URL --tracking-uri URI` somewhere first: it fills the
+    queue. Exits 0 when nothing is left; Ctrl-C closes the current run KILLED, puts its
+    config back in the queue and exits 130."""
+    import socket
+
+    from study.queue import RunQueue
+    from study.tracking import Tracking
+    from study.worker import run_worker
+
+    queue = RunQueue(study, storage)
+    tracking = Tracking(tracking_uri)
+    me = f"worker {socket.gethostname()}:{os.getpid()}"
+
+    def on_event(event, job, result):
+        detail = ""
+        if event == "finished":
+            detail = f" {result['outcome']} val/top1 {result['val/top1']:.3f}"
+        console.print(f"{me}: {event} {job.run_name} [{job.config_hash}]{detail}", markup=False, highlight=False)
+
+    summary = run_worker(queue, tracking, parent_pid=parent_pid, on_event=on_event)
+    queue_ms, check_ms = summary.overhead_ms()
+    console.print(f"{me}: queue empty; {summary.completed} completed, {summary.diverged} diverged, "
+                  f"{len(summary.failed)} failed, {summary.skipped} skipped (done elsewhere), "
+                  f"{summary.recovered} lost runs recovered; per run: queue {queue_ms:.1f} ms, "
+                  f"MLflow checks {check_ms:.1f} ms", markup=False, highlight=False)
+
+
+@app.command()
+def search(
+    name: str = typer.Argument(..., help="Study name or path to a study YAML file with a 'search:' section."),
+    trials: int = typer.Option(20, "--trials", min=1, help="Trials to add to the search."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: $NFSTUDY_STORAGE, else "
+                                          "$NFSTUDY_HOME/optuna.db; postgresql://… for many machines)."),
+    preset: Optional[str] = typer.Option(None, help="Swap the study's base preset (smoke, digits, cifar10, imagenet)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP + " A searched key set here is pinned."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+) -> None:
+    """Optuna search over the study's 'search:' space; running it again adds trials to the same study."""
+    import statistics
+
+    import optuna
+
+    from study.registry import load_study, parse_overrides
+    from study.search import open_storage, plan_search, run_search
+    from study.tracking import Tracking
+
+    plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    open_storage(storage)  # a bad --storage fails here, before any MLflow run is created
+    pinned = [k for k in plan.search.space if k not in plan.space]
+    console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"
+                  + (f"; pinned by --set: {', '.join(pinned)}" if pinned else ""), markup=False, emoji=False)
+
+    def on_trial(record) -> None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
+        value = "" if record.value is None else f" {plan.metric} {record.value:.3f}"
+        console.print(f"  trial {record.number}: {params} → {record.outcome}{value} "
+                      f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)", markup=False, emoji=False)
+
+    result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
+    console.print(f"Optuna study {result.study_name} in {result.storage}: {result.existed} trials existed, "
+                  f"{len(result.trials)} added", markup=False, emoji=False)
+    if result.trials:
+        ms = lambda values: statistics.median(values) * 1000  # noqa: E731
+        console.print(f"overhead per trial (median): {statistics.median(r.overhead_ms for r in result.trials):.0f} ms "
+                      f"= storage {ms([r.storage_s for r in result.trials]):.0f} ms + tracking "
+                      f"{ms([r.tracking_s for r in result.trials]):.0f} ms + sampling/config; "
+                      f"training {ms([r.train_s for r in result.trials]):.0f} ms")
+    if result.best_value is not None:
+        console.print(f"best: {plan.metric} {result.best_value:.4f} at {result.best_params} "
+                      f"(MLflow experiment '{plan.experiment}', parent run {result.parent_run_id})", markup=False,
+                      emoji=False)
 
 
 @app.command()
@@ -143,6 +305,7 @@ def report(
     name: Optional[str] = typer.Argument(None, help="Study name or path to a study YAML file."),
     all_: bool = typer.Option(False, "--all", help="Report every registered study and write an index page."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL of searches (default: $NFSTUDY_HOME/optuna.db)."),
 ) -> None:
     """Figures (PNG + SVG), report.md and report.html under $NFSTUDY_HOME/reports/NAME/."""
     from analysis.report import build_index, build_report
@@ -156,10 +319,44 @@ def report(
     for study_name in names:
         spec = load_study(study_name)
         out = paths.reports_dir(spec.name)
-        written = build_report(spec, uri, out, command=f"nfstudy report {spec.name}")
+        if spec.search is not None:  # a search study: Optuna trials, not a grid
+            from analysis.search_report import build_search_report
+
+            written = build_search_report(spec, paths.optuna_storage(storage), uri, out,
+                                          command=f"nfstudy report {spec.name}")
+        else:
+            written = build_report(spec, uri, out, command=f"nfstudy report {spec.name}")
         console.print(f"{spec.name}: {written.get('html', out)}")
     if all_:
         console.print(f"index: {build_index(paths.home() / 'reports', [load_study(n) for n in names])}")
+
+
+@app.command()
+def bench(
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    device: str = typer.Option("cpu", help="cpu or cuda: where every figure is measured."),
+    model: str = typer.Option("nf_resnet_small", help="Model of the training figures (CUDA: NFNet-F0 unless set)."),
+    quick: bool = typer.Option(False, "--quick", help="Seconds-long smoke mode (tests); numbers not meaningful."),
+    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: torch's)."),
+) -> None:
+    """What the framework costs: each figure a ratio against a baseline measured in this run."""
+    import json
+
+    from study.bench import run_bench
+
+    log = (lambda line: None) if json_ else (lambda line: err_console.print(f"measuring {line}", markup=False))
+    out = run_bench(device, model, quick, log, threads)
+    if json_:
+        print(json.dumps(out))
+        return
+    host = out["host"]
+    table = Table("figure", "value", "baseline", "unit", "ratio", "target", "ok", "note",
+                  title=f"nfstudy bench on {out['device']} (torch {host['torch']}, {host['threads']} threads, "
+                        f"load {host['load_average']}, {host['date']})")
+    for r in out["results"]:
+        table.add_row(r["name"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3f}",
+                      r["target"], {True: "yes", False: "NO", None: ""}[r["ok"]], r["note"])
+    console.print(table)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -168,26 +365,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="nfstudy", standalone_mode=False)
+        # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
+        code = app(args=args, prog_name="nfstudy", standalone_mode=False)
     except NfstudyError as err:
         if debug:
             raise
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {_one_line(str(err))}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as err:
+    except (click.exceptions.Exit, typer.Exit) as err:
         return err.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("interrupted", markup=False)
         return 130
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         return 130
-    except click.exceptions.ClickException as err:
+    except (click.exceptions.ClickException, TyperException) as err:  # typer ≥ 0.20 vendors click
         if debug:
             raise
-        err_console.print(f"error: {err.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {_one_line(err.format_message())}", markup=False, highlight=False,
+                          soft_wrap=True)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
+
+
+def _one_line(message: str) -> str:
+    """An error message as one line, with credentials in URLs redacted."""
+    from study.redaction import redact
+
+    return redact(" ".join(part.strip() for part in message.splitlines() if part.strip()))
 
 
 def entry() -> None:

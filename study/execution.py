@@ -1,70 +1,291 @@
-"""Runs a study's pending configs and records each in MLflow.
+"""The coordinator of ``nfstudy run``: fills a study's queue, runs workers, waits.
 
-A config hash that is FINISHED in the study's experiment is never trained again. A run
-that raises is recorded FAILED first, then the grid goes on (the next ``nfstudy run``
-retries it); a diverged run is a FINISHED result with outcome ``diverged``; Ctrl-C marks
-the current run KILLED and stops.
+DESIGN.md "Execution". MLflow is the source of truth for what is done; the queue
+(:mod:`study.queue`, Optuna storage) only says what is to do and who does it.
+
+1. :func:`prepare` creates the MLflow experiment and parent run *before* any worker starts
+   (workers never create them), copies in results other studies already made of the same
+   configs, recovers runs whose worker died, closes their MLflow runs, and enqueues every
+   config not FINISHED in MLflow: failed and interrupted configs are queued again. It is
+   idempotent, and safe with several coordinators at once (:meth:`RunQueue.enqueue`).
+2. :func:`execute` trains the queue with ``workers`` local workers: in this process for
+   one, else ``python -m study worker`` subprocesses, one GPU each (round robin over the
+   visible GPUs), or an equal share of the CPU cores each. A worker that dies (``kill -9``,
+   out of memory) has its run recovered and is started again. Workers on other machines
+   (``nfstudy worker``) may pull from the same queue meanwhile.
+3. Ctrl-C stops every local worker cleanly: each closes its run KILLED and puts its config
+   back in the queue; the next ``nfstudy run`` resumes.
 """
 
 from __future__ import annotations
 
-import traceback
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any
 
+from optuna.trial import TrialState
+
+from study import paths
+from study.queue import Job, RunQueue
 from study.registry import PlannedRun
 from study.spec import StudySpec
 from study.tracking import Tracking
+from study.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
+
+#: Seconds between the coordinator's looks at the queue and its workers.
+POLL_S = 0.5
+#: Seconds a worker gets to close its run after Ctrl-C before it is killed.
+STOP_TIMEOUT_S = 60.0
 
 
 @dataclass
 class Summary:
+    """The outcome of one ``nfstudy run`` over the study's plan."""
+
+    total: int
     done_before: int = 0
     completed: int = 0
     diverged: int = 0
     failed: list[str] = field(default_factory=list)
+    """``run name: reason`` of the configs that are still not FINISHED."""
+    restarts: int = 0
 
 
-def pending_runs(tracking: Tracking, experiment_id: str, runs: list[PlannedRun]) -> list[PlannedRun]:
-    done = tracking.finished_hashes(experiment_id)
-    return [run for run in runs if run.config_hash not in done]
+@dataclass
+class Prepared:
+    """What :func:`prepare` found and did."""
+
+    experiment_id: str
+    parent_id: str
+    done_before: set[str]
+    adopted: int = 0
+    recovered: int = 0
+    enqueued: int = 0
+    cancelled: int = 0
+
+
+def jobs_for(spec: StudySpec, runs: list[PlannedRun], experiment_id: str, parent_id: str) -> list[Job]:
+    """The queue entries of ``runs`` (everything a worker needs, without the study file)."""
+    return [Job(config_hash=run.config_hash, config=run.config.flat(), study=spec.name, arm=run.arm,
+                run_name=run.name, point=run.point, experiment_id=experiment_id, parent_id=parent_id)
+            for run in runs]
+
+
+def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: RunQueue) -> Prepared:
+    """Make MLflow and the queue ready for workers: experiment and parent, adopted results,
+    recovered lost runs, and one queue entry per config not FINISHED.
+
+    Returns:
+        A :class:`Prepared` with the ids and counts.
+
+    Raises:
+        TrackingError: the tracking store cannot be used.
+    """
+    experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
+    done = set(tracking.finished_hashes(experiment_id))
+    wanted = {run.config_hash: (run.arm, run.name) for run in runs if run.config_hash not in done}
+    adopted = tracking.adopt_finished(experiment_id, parent_id, spec.name, wanted) if wanted else 0
+    if adopted:
+        done = set(tracking.finished_hashes(experiment_id))
+    recovered = recover_lost(queue, tracking)
+    kill_orphan_runs(tracking, queue, experiment_id, "left RUNNING by a worker that is gone")
+    todo = [run for run in runs if run.config_hash not in done]
+    enqueued, cancelled = queue.enqueue(jobs_for(spec, todo, experiment_id, parent_id), cancel_others=True)
+    return Prepared(experiment_id, parent_id, done & {run.config_hash for run in runs},
+                    adopted, recovered, enqueued, cancelled)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs workers may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_env(index: int, workers: int, gpus: list[str]) -> dict[str, str]:
+    """Environment of local worker ``index`` of ``workers``: one GPU (round robin) when
+    there are GPUs, and an equal share of the CPU cores for its intra-op threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // workers))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return env
+
+
+def _spawn(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "study", "worker", "--study", queue.study, "--storage", queue.url,
+               "--tracking-uri", tracking.uri, "--parent-pid", str(os.getpid())]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        # Same process group: a terminal's Ctrl-C reaches the workers too.
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=worker_env(index, workers, gpus))
+
+
+def _deliberate(returncode: int) -> bool:
+    """A worker that drained the queue or was stopped on purpose (not to be restarted)."""
+    return returncode in (0, 130, -signal.SIGINT, -signal.SIGTERM)
+
+
+class _Watcher:
+    """Turns the queue's trials into progress and per-run events (for subprocess workers)."""
+
+    def __init__(self, queue: RunQueue, plan: set[str], done_before: set[str]):
+        self.queue, self.plan, self.done = queue, plan, set(done_before)
+        self._reported: set[int] = set()
+
+    def poll(self, on_event: RunEvent | None) -> int:
+        for trial in self.queue.trials([TrialState.COMPLETE, TrialState.FAIL]):
+            if trial._trial_id in self._reported or trial.user_attrs.get("config_hash") not in self.plan:
+                continue
+            self._reported.add(trial._trial_id)
+            job = Job.from_trial(trial)
+            if trial.state == TrialState.COMPLETE:
+                self.done.add(job.config_hash)
+                if on_event and "outcome" in trial.user_attrs:
+                    on_event("finished", job, {"outcome": trial.user_attrs["outcome"], "val/top1": trial.value})
+            elif on_event and not trial.user_attrs.get("error", "").startswith("cancelled"):
+                on_event("failed", job, {"error": trial.user_attrs.get("error", "")})
+        return len(self.done & self.plan)
 
 
 def execute(
     spec: StudySpec,
     runs: list[PlannedRun],
     tracking: Tracking,
-    on_run_start: Callable[[PlannedRun], None] | None = None,
-    on_epoch: Callable[[int, dict], None] | None = None,
-    on_run_end: Callable[[PlannedRun, dict | None], None] | None = None,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    on_prepared: Callable[[Prepared], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_event: RunEvent | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Summary:
-    """Train every run of ``runs`` not yet FINISHED, one after another."""
-    from study.trainer import train
+    """Train every run of ``runs`` not yet FINISHED, through the study's queue.
 
-    experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
-    todo = pending_runs(tracking, experiment_id, runs)
-    summary = Summary(done_before=len(runs) - len(todo))
-    for run in todo:
-        if on_run_start:
-            on_run_start(run)
-        child = tracking.start_child(
-            experiment_id, parent_id, spec.name, run.arm, run.name, run.config_hash, run.config.flat()
-        )
-        try:
-            result = train(run.config, tracker=child, on_epoch=on_epoch)
-        except KeyboardInterrupt:
-            child.end("KILLED", "interrupted (Ctrl-C)")
-            raise
-        except Exception as err:  # noqa: BLE001 - record the failure, then go on with the grid
-            child.end("FAILED", "".join(traceback.format_exception_only(err)).strip())
-            summary.failed.append(f"{run.name}: {type(err).__name__}: {err}")
-            result = None
+    Args:
+        spec: the study.
+        runs: its planned runs (:func:`study.registry.plan`).
+        tracking: the MLflow store.
+        workers: local workers; 1 trains in this process.
+        storage: the queue's storage (:func:`study.queue.storage_url`).
+        on_prepared: called once the queue is filled, before any training.
+        on_progress: ``(finished, total)`` over the whole plan, as it changes.
+        on_event: per-run events (see :func:`study.worker.run_worker`).
+        on_epoch: per-epoch metrics (in-process worker only).
+
+    Returns:
+        A :class:`Summary`, read back from MLflow at the end.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once every local worker has closed its run.
+        TrackingError: the tracking store or the queue storage cannot be used.
+    """
+    if workers < 1:
+        from study.errors import ConfigError
+
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    queue = RunQueue(spec.name, storage, create=True)
+    prepared = prepare(spec, runs, tracking, queue)
+    if on_prepared:
+        on_prepared(prepared)
+    plan = {run.config_hash for run in runs}
+    watcher = _Watcher(queue, plan, prepared.done_before)
+    restarts = 0
+    if on_progress:
+        on_progress(len(prepared.done_before), len(plan))
+    if prepared.done_before != plan:
+        if workers == 1:
+            def forward(event: str, job: Job, result: dict[str, Any] | None) -> None:
+                if event in ("finished", "skipped") and job.config_hash in plan:
+                    watcher.done.add(job.config_hash)
+                if on_progress:
+                    on_progress(len(watcher.done & plan), len(plan))
+                if on_event:
+                    on_event(event, job, result)
+
+            run_worker(queue, tracking, on_event=forward, on_epoch=on_epoch)
         else:
-            child.finish(result)
-            if result["outcome"] == "diverged":
-                summary.diverged += 1
-            else:
-                summary.completed += 1
-        if on_run_end:
-            on_run_end(run, result)
+            restarts = _run_local_workers(queue, tracking, workers, watcher, on_progress, on_event)
+    return _summarise(tracking, prepared, runs, queue, restarts)
+
+
+def _run_local_workers(queue: RunQueue, tracking: Tracking, workers: int, watcher: _Watcher,
+                       on_progress, on_event) -> int:
+    gpus = visible_gpus()
+    logs = paths.confined("logs", queue.study)
+    procs = {i: _spawn(i, workers, gpus, queue, tracking, logs / f"worker-{i}.log") for i in range(workers)}
+    restarts, max_restarts, shown = 0, 2 * workers + 2, -1
+    try:
+        while procs:
+            for index, proc in list(procs.items()):
+                returncode = proc.poll()
+                if returncode is None:
+                    continue
+                del procs[index]
+                if _deliberate(returncode):
+                    continue
+                recover_lost(queue, tracking)
+                if restarts < max_restarts and queue.trials([TrialState.WAITING, TrialState.RUNNING]):
+                    restarts += 1
+                    procs[index] = _spawn(index, workers, gpus, queue, tracking, logs / f"worker-{index}.log")
+            recover_lost(queue, tracking)
+            finished = watcher.poll(on_event)
+            if on_progress and finished != shown:
+                shown = finished
+                on_progress(finished, len(watcher.plan))
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        _stop(procs.values())
+        recover_lost(queue, tracking)
+        raise
+    watcher.poll(on_event)
+    return restarts
+
+
+def _stop(procs) -> None:
+    """SIGINT to each worker (a terminal's Ctrl-C may have reached them already: a worker
+    ignores the second), wait for them to close their runs, then kill the stragglers."""
+    procs = [p for p in procs if p.poll() is None]
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _summarise(tracking: Tracking, prepared: Prepared, runs: list[PlannedRun], queue: RunQueue,
+               restarts: int) -> Summary:
+    plan = {run.config_hash: run for run in runs}
+    summary = Summary(total=len(plan), done_before=len(prepared.done_before), restarts=restarts)
+    outcome = tracking.finished_outcomes(prepared.experiment_id)  # MLflow, or the spool while offline
+    for config_hash in plan.keys() - prepared.done_before:
+        if config_hash not in outcome:
+            continue
+        if outcome[config_hash] == "diverged":
+            summary.diverged += 1
+        else:
+            summary.completed += 1
+    errors = {t.user_attrs.get("config_hash"): t.user_attrs.get("error", "not run")
+              for t in queue.trials([TrialState.FAIL])}
+    for config_hash, run in plan.items():
+        if config_hash not in outcome:
+            reason = errors.get(config_hash, "still queued (no worker took it)")
+            summary.failed.append(f"{run.name}: {reason.strip().splitlines()[-1] if reason.strip() else reason}")
     return summary
