@@ -118,8 +118,13 @@ class Tracking:
                 self.offline = True
         return outcomes
 
-    def ensure_study(self, name: str, description: str = "") -> tuple[str, str]:
-        """Get or create the study's experiment and parent run; returns their ids."""
+    def ensure_study(self, name: str, description: str = "", *,
+                     parent: dict[str, str] | None = None) -> tuple[str, str]:
+        """Get or create the study's experiment and parent run; returns their ids.
+
+        ``parent`` (tags, optional) picks one of several parents in the experiment, and is
+        set on it when created; its ``mlflow.runName`` names it (a search keeps one parent
+        per Optuna study in one experiment)."""
         try:
             experiment = self.client.get_experiment_by_name(name)
         except Exception as err:  # MLflow raises many types for an unusable store
@@ -131,16 +136,18 @@ class Tracking:
             experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
+        tags = dict(parent or {})
+        selected = "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items() if k != "mlflow.runName")
         parents = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", max_results=1,
+            [experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'{selected}", max_results=1,
             order_by=["attributes.start_time ASC"],
         )
         if parents:
             parent_id = parents[0].info.run_id
         else:
             run = self.client.create_run(
-                experiment_id, run_name=name,
-                tags={ROLE: "parent", STUDY: name, "mlflow.note.content": description},
+                experiment_id, run_name=tags.pop("mlflow.runName", name),
+                tags={ROLE: "parent", STUDY: name, "mlflow.note.content": description, **tags},
             )
             parent_id = run.info.run_id
             self.client.set_terminated(parent_id, "FINISHED")
