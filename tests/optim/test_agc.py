@@ -171,6 +171,49 @@ def test_class_and_function_agree_on_a_real_model():
     assert torch.equal(classifier.grad, grads[name])  # excluded: never clipped
 
 
+
+def test_flat_layout_trains_like_the_per_tensor_path():
+    """Three SGD steps: flat buffers (gradients zeroed in place, or fresh each step) match the
+    per-tensor path bit for bit, and the clipped tensors end up sharing one storage."""
+    import copy
+
+    from study.models import build_model
+
+    torch.manual_seed(0)
+    reference = build_model("nf_resnet_small", num_classes=10, in_chans=1)
+    models = {"per_tensor": reference, "flat_in_place": copy.deepcopy(reference),
+              "flat_fresh": copy.deepcopy(reference)}
+    agcs = {name: AGC(agc_parameters(m), clipping=0.01, flatten=name != "per_tensor")
+            for name, m in models.items()}
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.5) for name, m in models.items()}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(8, 1, 16, 16, generator=gen)
+        for name, m in models.items():
+            m(x).square().mean().backward()
+            agcs[name].clip_()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=name != "flat_in_place")
+    for name in ("flat_in_place", "flat_fresh"):
+        for (n, p), q in zip(models[name].named_parameters(), reference.parameters()):
+            assert torch.equal(p, q), (name, n)
+    clipped = agc_parameters(models["flat_in_place"])
+    assert len({p.untyped_storage().data_ptr() for p in clipped}) == 1
+    assert len({p.grad.untyped_storage().data_ptr() for p in clipped}) == 1
+
+
+def test_flat_layout_follows_replaced_parameter_data():
+    conv = nn.Conv2d(4, 6, 3).double()
+    agc = AGC(conv.parameters(), clipping=0.01)
+    conv.weight.data = (conv.weight.detach() * 3).to(memory_format=torch.channels_last)
+    for p in conv.parameters():
+        p.grad = torch.randn_like(p)
+    expected = [reference_agc(p, p.grad, 0.01, 1e-3, p.ndim > 1) for p in conv.parameters()]
+    agc.clip_()
+    for p, e in zip(conv.parameters(), expected):
+        torch.testing.assert_close(p.grad, e)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # layout kept
+
 @pytest.mark.parametrize("kwargs", [{"clipping": -0.01}, {"clipping": 0.0},
                                     {"clipping": float("nan")}, {"clipping": 0.01, "eps": -1.0},
                                     {"clipping": 0.01, "mode": "row"}])
