@@ -1,0 +1,561 @@
+"""``nfstudy bench``: what the framework costs, each figure against a baseline in the same run.
+
+DESIGN.md "Performance rules", issue 8. Every figure is a ratio of a candidate to its baseline,
+both measured in this process on the same model, data and batch: a warm-up call of each, then
+``repeats`` calls alternating the order (candidate first on even repeats, baseline first on
+odd ones), and the median of each. Times are wall-clock with a device sync around each call
+(``torch.cuda.synchronize`` on a GPU); step times come from :func:`study.trainer.train`'s own
+``time/step_ms`` (epochs after the first, so set-up, compilation and evaluation are excluded)
+and from a bare loop timed the same way.
+
+CPU figures (the default small net on digits, batch 128 at 16 px):
+
+- ``trainer_overhead``: a step of :func:`~study.trainer.train` (tracking off) / a hand-written
+  PyTorch loop with the same model, optimizer, data loader and batch.
+- ``agc_vectorised_vs_loop``: :class:`~study.optim.agc.AGC` / timm's per-parameter loop
+  (``timm.utils.agc.adaptive_clip_grad``, re-typed here) on the model's parameters with fixed
+  gradients; ``agc_vectorised_vs_loop/nfnet_f0`` the same on NFNet-F0's 71M (not ``--quick``).
+- ``agc_step_overhead``, ``sam_fraction``, ``sam_full``: a training step with AGC (λ = 0.01),
+  SAM on 20% of the batch, full SAM / the same step without.
+- ``tracking_overhead``: a whole training run logging to MLflow (a SQLite store in a temp
+  directory) / the same run logging nowhere.
+- ``framework_cost_per_run``: seconds from a study spec to a FINISHED MLflow child run of one
+  training step (plan, experiment and parent, child run with params, data, model, the step,
+  evaluation, final metrics) / a bare first step (data, model, optimizer, one step).
+- ``channels_last``, ``compile`` (not ``--quick``): steps with ``train.channels_last`` /
+  ``train.compile`` against the eager NCHW step.
+
+CUDA figures (``--device cuda``): NFNet-F0 at 192 px in bf16 on random data: images/s of
+NHWC against NCHW, compiled against eager, the model FLOP utilisation (training FLOPs ≈ 6 ×
+MACs per image, against the GPU's dense bf16 peak), and, when timm is installed (extra
+``bench``), our NFNet-F0 against timm's ``dm_nfnet_f0`` in a bare loop with timm's AGC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from study.errors import ConfigError
+
+#: Dense bf16 peak of known GPUs, FLOP/s (vendor data sheets, without sparsity).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+#: Targets of issue 8 (ratios unless the unit says otherwise).
+TARGETS = {
+    "trainer_overhead": 1.05,
+    "agc_vectorised_vs_loop": 0.25,
+    "agc_vectorised_vs_loop/nfnet_f0": 0.25,
+    "agc_step_overhead": 1.05,
+    "sam_fraction": 1.3,
+    "sam_full": 2.2,  # "about 2": the ascent is a second full forward and backward
+    "tracking_overhead": 1.02,
+}
+FRAMEWORK_COST_TARGET_S = 1.0
+MFU_TARGET = 0.35
+
+
+@dataclass
+class Result:
+    """One figure: ``ratio = value / baseline``; ``better`` says which way is good."""
+
+    name: str
+    value: float
+    baseline: float
+    ratio: float
+    unit: str
+    better: str = "lower"
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Settings:
+    """How much to measure: ``quick`` is a seconds-long smoke mode for tests."""
+
+    device: torch.device
+    model: str
+    quick: bool
+
+    @property
+    def repeats(self) -> int:
+        return 1 if self.quick else 5
+
+    @property
+    def warmup(self) -> bool:
+        return not self.quick
+
+
+def _result(name: str, value: float, baseline: float, unit: str, *, better: str = "lower",
+            note: str = "", target: float | None = None, on: str = "ratio") -> Result:
+    ratio = value / baseline if baseline > 0 else float("nan")
+    target = TARGETS.get(name) if target is None else target
+    text, ok = "", None
+    if target is not None:
+        measured = ratio if on == "ratio" else value
+        sign = "<=" if better == "lower" else ">="
+        ok = measured <= target if better == "lower" else measured >= target
+        text = f"{on} {sign} {target:g}" + (" s" if unit == "s" and on == "value" else "")
+    return Result(name, value, baseline, ratio, unit, better, text, ok, note)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paired(candidate: Callable[[], float], baseline: Callable[[], float], repeats: int,
+           *, warmup: bool = True) -> tuple[float, float]:
+    """Medians of two measurements taken alternately.
+
+    Args:
+        candidate, baseline: each returns one measurement (e.g. seconds per step).
+        repeats: measurements of each; the order alternates every repeat.
+        warmup: call each once first and discard the result.
+
+    Returns:
+        ``(median of candidate, median of baseline)``.
+    """
+    if warmup:
+        candidate(), baseline()
+    values: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(repeats):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for which in order:
+            values[which].append((candidate, baseline)[which]())
+    return statistics.median(values[0]), statistics.median(values[1])
+
+
+def timed(fn: Callable[[], Any], device: torch.device, calls: int = 1) -> Callable[[], float]:
+    """A measurement: seconds per call of ``fn`` over ``calls`` calls, device synced."""
+
+    def measure() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - start) / calls
+
+    return measure
+
+
+# --------------------------------------------------------------------------- configurations
+
+def bench_config(settings: Settings, **overrides: Any):
+    """The RunConfig of the CPU training figures: digits at 16 px, batch 128, 3 epochs (10
+    steps each); ``--quick``: the smoke preset's 4 steps of batch 32 at 8 px."""
+    from study.spec import make_config
+
+    if settings.quick:
+        base = {"data.name": "digits", "data.image_size": 8, "data.batch_size": 32,
+                "data.crop_pad": 0, "train.steps": 4}
+    else:
+        base = {"data.name": "digits", "data.image_size": 16, "data.batch_size": 128,
+                "data.crop_pad": 1, "train.steps": 30}
+    base.update({"model.name": settings.model, "train.device": str(settings.device),
+                 "optim.lr": 0.1, "optim.weight_decay": 5e-5})
+    base.update(overrides)
+    return make_config(base, where="bench")
+
+
+def trainer_step(config) -> Callable[[], float]:
+    """Seconds per step of :func:`study.trainer.train` (its ``time/step_ms``)."""
+    from study.trainer import train
+
+    return lambda: train(config)["time/step_ms"] / 1000
+
+
+def bare_step(config) -> Callable[[], float]:
+    """Seconds per step of the loop one writes by hand: same data, model, optimizer, batch."""
+    from study.data import build_data
+    from study.models import build_model
+    from study.optim.sgd import build_optimizer
+    from study.trainer import resolve_device, seed_everything
+
+    def measure() -> float:
+        seed_everything(config.seed)
+        device = resolve_device(config.train.device)
+        data = build_data(config.data, config.real_batch_size, device, config.seed)
+        model = build_model(config.model.resolved_name, num_classes=data.num_classes,
+                            in_chans=data.in_chans).to(device)
+        optimizer = build_optimizer(model, config.optim.lr * config.data.batch_size / 256,
+                                    weight_decay=config.optim.weight_decay)
+        epochs = -(-config.train.steps // len(data.train))
+        times = []
+        for epoch in range(epochs):
+            model.train()
+            loss_sum, steps = torch.zeros((), device=device), 0
+            start = time.perf_counter()
+            for x, y in data.train:
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach()
+                steps += 1
+            loss_sum.item()  # the epoch's sync, as in the trainer
+            times.append((time.perf_counter() - start) / steps)
+        return statistics.mean(times[1:] if len(times) > 1 else times)
+
+    return measure
+
+
+# --------------------------------------------------------------------------- AGC
+
+def loop_agc_(parameters: list[torch.Tensor], clipping: float, eps: float = 1e-3) -> None:
+    """timm's ``adaptive_clip_grad`` (``timm/utils/agc.py``), the per-parameter baseline."""
+    for p in parameters:
+        if p.grad is None:
+            continue
+        p_data, g_data = p.detach(), p.grad.detach()
+        max_norm = _timm_unitwise_norm(p_data).clamp_(min=eps).mul_(clipping)
+        grad_norm = _timm_unitwise_norm(g_data)
+        clipped_grad = g_data * (max_norm / grad_norm.clamp(min=1e-6))
+        new_grads = torch.where(grad_norm < max_norm, g_data, clipped_grad)
+        p.grad.detach().copy_(new_grads)
+
+
+def _timm_unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim <= 1:
+        return x.norm(2.0)
+    return x.norm(2.0, dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def agc_vs_loop(model_name: str, settings: Settings, **build: Any) -> tuple[float, float, int]:
+    """Seconds per clip of :class:`AGC` and of :func:`loop_agc_` on ``model_name``'s
+    parameters with fixed random gradients (each model its own copy of the same weights)."""
+    from study.models import build_model
+    from study.optim.agc import AGC, agc_parameters
+
+    torch.manual_seed(0)
+    ours = build_model(model_name, **build).to(settings.device)
+    theirs = build_model(model_name, **build).to(settings.device)
+    theirs.load_state_dict(ours.state_dict())
+    ours_params, their_params = agc_parameters(ours), agc_parameters(theirs)
+    for a, b in zip(ours_params, their_params):
+        a.grad = torch.randn_like(a).mul_(1e-3)
+        b.grad = a.grad.clone()
+    agc = AGC(ours_params, clipping=0.01)
+    calls = 1 if settings.quick else max(1, int(2e7 // sum(p.numel() for p in ours_params)))
+    value, baseline = paired(timed(agc.clip_, settings.device, calls),
+                             timed(lambda: loop_agc_(their_params, 0.01), settings.device, calls),
+                             settings.repeats + (2 if not settings.quick else 0))
+    return value, baseline, len(ours_params)
+
+
+# --------------------------------------------------------------------------- tracking
+
+@contextlib.contextmanager
+def temporary_tracking() -> Iterator[Any]:
+    """A :class:`~study.tracking.Tracking` on a fresh SQLite store in a temporary directory."""
+    from study.tracking import Tracking
+
+    with tempfile.TemporaryDirectory(prefix="nfstudy-bench-") as tmp:
+        yield Tracking(f"sqlite:///{tmp}/mlflow.db")
+
+
+def tracked_run(config, tracking, experiment_id: str, parent_id: str) -> Callable[[], float]:
+    """Seconds of a whole training run logging to a new MLflow child run, closed at the end
+    (final metrics flushed); creating the child is left to ``framework_cost_per_run``."""
+    from study.trainer import train
+
+    counter = iter(range(10**6))
+
+    def measure() -> float:
+        child = tracking.start_child(experiment_id, parent_id, "bench", "tracked",
+                                     f"tracked-{next(counter)}", config.config_hash(), config.flat())
+        start = time.perf_counter()
+        child.finish(train(config, tracker=child))
+        return time.perf_counter() - start
+
+    return measure
+
+
+def untracked_run(config) -> Callable[[], float]:
+    from study.trainer import train
+
+    def measure() -> float:
+        start = time.perf_counter()
+        train(config)
+        return time.perf_counter() - start
+
+    return measure
+
+
+def framework_run(settings: Settings, tracking) -> Callable[[], float]:
+    """Seconds from the spec to a FINISHED child run of one step, as ``nfstudy run`` does it:
+    plan, experiment + parent, child with params, train (data, model, step, evaluation),
+    final metrics. Each call uses a new seed, so every call is a new run."""
+    from study.registry import plan
+    from study.spec import StudySpec
+    from study.trainer import train
+
+    overrides = {k: v for k, v in bench_config(settings).flat().items()
+                 if k in ("model.name", "data.name", "data.image_size", "data.num_examples",
+                          "data.batch_size", "data.crop_pad", "train.device")}
+    seeds = iter(range(10**6))
+
+    def measure() -> float:
+        start = time.perf_counter()
+        spec = StudySpec(name="bench-framework", fixed={**overrides, "train.steps": 1},
+                         seeds=[next(seeds)])
+        run = plan(spec)[0]
+        experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
+        child = tracking.start_child(experiment_id, parent_id, spec.name, run.arm or "", run.name,
+                                     run.config_hash, run.config.flat())
+        child.finish(train(run.config, tracker=child))
+        return time.perf_counter() - start
+
+    return measure
+
+
+def bare_first_step(config) -> Callable[[], float]:
+    """Seconds of data, model, optimizer and one step, written by hand (no framework)."""
+    from study.data import build_data
+    from study.models import build_model
+
+    def measure() -> float:
+        start = time.perf_counter()
+        device = torch.device(config.train.device)
+        data = build_data(config.data, config.real_batch_size, device, config.seed)
+        model = build_model(config.model.resolved_name, num_classes=data.num_classes,
+                            in_chans=data.in_chans).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        x, y = next(iter(data.train))
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    return measure
+
+
+# --------------------------------------------------------------------------- CPU figures
+
+def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
+    """The figures every device gets (the small net, or ``--model``)."""
+    results = []
+    base = bench_config(settings)
+    log("trainer_overhead")
+    value, baseline = paired(trainer_step(base), bare_step(base), settings.repeats, warmup=settings.warmup)
+    results.append(_result("trainer_overhead", value * 1e3, baseline * 1e3, "ms/step"))
+
+    log("agc_vectorised_vs_loop")
+    build = {"num_classes": 10, "in_chans": 1}
+    value, baseline, count = agc_vs_loop(settings.model, settings, **build)
+    results.append(_result("agc_vectorised_vs_loop", value * 1e3, baseline * 1e3, "ms/clip",
+                           note=f"{settings.model}, {count} tensors"))
+    if not settings.quick:
+        log("agc_vectorised_vs_loop/nfnet_f0")
+        value, baseline, count = agc_vs_loop("nfnet_f0", settings)
+        results.append(_result("agc_vectorised_vs_loop/nfnet_f0", value * 1e3, baseline * 1e3,
+                               "ms/clip", note=f"nfnet_f0, {count} tensors"))
+
+    for name, overrides in (("agc_step_overhead", {"agc.clipping": 0.01}),
+                            ("sam_fraction", {"sam.mode": "fraction", "sam.fraction": 0.2}),
+                            ("sam_full", {"sam.mode": "full"})):
+        log(name)
+        value, baseline = paired(trainer_step(bench_config(settings, **overrides)),
+                                 trainer_step(base), settings.repeats, warmup=settings.warmup)
+        results.append(_result(name, value * 1e3, baseline * 1e3, "ms/step"))
+
+    with temporary_tracking() as tracking:
+        log("tracking_overhead")
+        experiment_id, parent_id = tracking.ensure_study("bench", "nfstudy bench")
+        longer = bench_config(settings, **({} if settings.quick else {"train.steps": 50}))
+        value, baseline = paired(tracked_run(longer, tracking, experiment_id, parent_id),
+                                 untracked_run(longer), settings.repeats, warmup=settings.warmup)
+        results.append(_result("tracking_overhead", value, baseline, "s/run",
+                               note=f"{longer.train.steps} steps, metrics every epoch"))
+
+        log("framework_cost_per_run")
+        value, baseline = paired(framework_run(settings, tracking), bare_first_step(base),
+                                 settings.repeats, warmup=settings.warmup)
+        results.append(_result("framework_cost_per_run", value, baseline, "s", on="value",
+                               target=FRAMEWORK_COST_TARGET_S,
+                               note="spec → FINISHED MLflow run of one step, warm process"))
+
+    if not settings.quick:
+        log("channels_last")
+        value, baseline = paired(trainer_step(bench_config(settings, **{"train.channels_last": True})),
+                                 trainer_step(base), settings.repeats, warmup=settings.warmup)
+        results.append(_result("channels_last", value * 1e3, baseline * 1e3, "ms/step",
+                               note="NHWC vs NCHW; an option, not a target"))
+        log("compile")
+        compiled = bench_config(settings, **{"train.compile": True})
+        start = time.perf_counter()
+        trainer_step(compiled)()  # compiles (the cache makes the timed calls below warm)
+        compile_s = time.perf_counter() - start
+        value, baseline = paired(trainer_step(compiled), trainer_step(base), 3, warmup=False)
+        results.append(_result("compile", value * 1e3, baseline * 1e3, "ms/step",
+                               note=f"torch.compile vs eager; first run {compile_s:.0f} s incl. compilation"))
+    return results
+
+
+# --------------------------------------------------------------------------- CUDA figures
+
+def gpu_config(settings: Settings, model: str, **overrides: Any):
+    """NFNet-F0 (or ``--model``) at 192 px, bf16, batch 128, on random images on the GPU."""
+    from study.spec import make_config
+
+    batch = 32 if settings.quick else 128
+    steps_per_epoch = 2 if settings.quick else 10
+    base = {"model.name": model, "data.name": "fake", "data.image_size": 192,
+            "data.num_examples": batch * steps_per_epoch, "data.batch_size": batch,
+            "data.crop_pad": 0, "train.steps": 2 * steps_per_epoch if settings.quick else 30,
+            "train.precision": "bf16", "train.device": str(settings.device),
+            "agc.clipping": 0.01}
+    base.update(overrides)
+    return make_config(base, where="bench")
+
+
+def images_per_s(config) -> Callable[[], float]:
+    step = trainer_step(config)
+    return lambda: config.real_batch_size / step()
+
+
+def timm_images_per_s(config) -> Callable[[], float]:
+    """timm's ``dm_nfnet_f0`` in a bare bf16 loop with timm's AGC, on the same data."""
+    import timm
+    from timm.utils.agc import adaptive_clip_grad
+
+    from study.data import build_data
+
+    def measure() -> float:
+        device = torch.device(config.train.device)
+        data = build_data(config.data, config.real_batch_size, device, config.seed)
+        model = timm.create_model("dm_nfnet_f0", num_classes=data.num_classes).to(device)
+        if config.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        times = []
+        for epoch in range(3):
+            start = time.perf_counter()
+            for x, y in data.train:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(x).float(), y)
+                loss.backward()
+                adaptive_clip_grad(model.parameters(), clip_factor=config.agc.clipping)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            times.append((time.perf_counter() - start) / len(data.train))
+        return config.real_batch_size / statistics.mean(times[1:])
+
+    return measure
+
+
+def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
+    """Throughput and MFU of NFNet-F0 (``--model`` if it is an ImageNet model) on a GPU."""
+    from study.models import build_model, count_macs
+
+    model = settings.model if settings.model != "nf_resnet_small" else "nfnet_f0"
+    with torch.device("meta"):
+        macs = count_macs(build_model(model), 192)
+    repeats = settings.repeats
+    results = []
+    log(f"{model} NHWC vs NCHW")
+    nhwc, nchw = paired(images_per_s(gpu_config(settings, model, **{"train.channels_last": True})),
+                        images_per_s(gpu_config(settings, model)), repeats)
+    results.append(_result(f"{model}_nhwc_vs_nchw", nhwc, nchw, "images/s", better="higher",
+                           note="192 px, bf16, batch 128, AGC on, eager"))
+    best_layout = {"train.channels_last": nhwc > nchw}
+    if not settings.quick:
+        log(f"{model} compiled vs eager")
+        compiled = gpu_config(settings, model, **best_layout, **{"train.compile": True})
+        images_per_s(compiled)()  # compilation, outside the timing
+        value, baseline = paired(images_per_s(compiled),
+                                 images_per_s(gpu_config(settings, model, **best_layout)), repeats,
+                                 warmup=False)
+        results.append(_result(f"{model}_compiled_vs_eager", value, baseline, "images/s",
+                               better="higher", note="best layout"))
+        best = max(value, baseline)
+    else:
+        best = max(nhwc, nchw)
+    name = torch.cuda.get_device_name(settings.device)
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    if peak is not None:
+        mfu = 6 * macs * best / peak
+        results.append(_result(f"{model}_mfu", mfu, MFU_TARGET, "fraction", better="higher",
+                               on="value", target=MFU_TARGET,
+                               note=f"6 × {macs / 1e9:.2f} GMACs × images/s / {peak / 1e12:.0f} TFLOP/s ({name})"))
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        log("timm not installed (pip install nfstudy[bench]): no dm_nfnet_f0 comparison")
+    else:
+        if model == "nfnet_f0":
+            log("nfnet_f0 vs timm dm_nfnet_f0")
+            config = gpu_config(settings, model, **best_layout)
+            value, baseline = paired(images_per_s(config), timm_images_per_s(config), repeats)
+            results.append(_result("nfnet_f0_vs_timm", value, baseline, "images/s", better="higher",
+                                   target=2.0, note="same batch, bf16, AGC 0.01, layout; timm eager"))
+    return results
+
+
+# --------------------------------------------------------------------------- entry point
+
+def host_info(device: torch.device) -> dict[str, Any]:
+    """Where the figures were measured: machine, versions, threads, load, date."""
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool = False,
+              log: Callable[[str], None] = lambda _: None, threads: int | None = None) -> dict[str, Any]:
+    """Measure every figure; the result is what ``nfstudy bench --json`` prints.
+
+    Args:
+        device: ``cpu`` or ``cuda`` (``cuda:N``): where every figure is measured.
+        model: the registered model of the training figures (CUDA: of the throughput figures;
+            the small net default means NFNet-F0 there).
+        quick: a reduced mode (seconds): tiny random images, one repeat, no NFNet-F0, no
+            compilation. Its numbers are for smoke tests, not for reading.
+        log: receives a line as each figure starts.
+        threads: ``torch.set_num_threads`` for the whole bench; ``None`` keeps torch's default
+            (one per core). On a shared, oversubscribed CPU one thread gives steadier numbers.
+
+    Returns:
+        ``{"device", "host", "quick", "results": [{"name", "value", "baseline", "ratio",
+        "unit", "better", "target", "ok", "note"}]}``.
+
+    Raises:
+        ConfigError: an unknown device, CUDA asked for without a GPU, or an unknown model.
+    """
+    from study.models import list_models
+
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"bench --device: got {device!r}; allowed: cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"bench --device: got {device!r} but torch sees no CUDA device")
+    if model not in list_models():
+        raise ConfigError(f"bench --model: got {model!r}; allowed: {', '.join(list_models())}")
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"bench --threads: got {threads}; allowed: an integer >= 1")
+        torch.set_num_threads(threads)
+    settings = Settings(torch.device(device), model, quick)
+    results = cpu_figures(settings, log)
+    if settings.device.type == "cuda":
+        results += gpu_figures(settings, log)
+    return {"device": str(settings.device), "host": host_info(settings.device), "quick": quick,
+            "results": [asdict(r) for r in results]}

@@ -1,0 +1,49 @@
+"""`nfstudy bench`: the JSON contract (no timing assertions: machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from study.bench import paired
+from study.cli import main
+
+REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_step_overhead", "sam_fraction",
+            "sam_full", "tracking_overhead", "framework_cost_per_run"}
+
+
+@pytest.mark.slow  # tens of seconds on a loaded 2-core machine (MLflow store, many short runs)
+def test_quick_json_has_every_required_figure_with_positive_numbers(capsys):
+    assert main(["bench", "--json", "--quick", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
+    assert out["device"] == "cpu"
+    assert out["host"]["torch"] and out["host"]["threads"] == 1
+    names = [r["name"] for r in out["results"]]
+    assert REQUIRED <= set(names)
+    assert len(names) == len(set(names))
+    for r in out["results"]:
+        assert {"name", "value", "baseline", "ratio", "unit"} <= set(r)
+        assert r["value"] > 0 and r["baseline"] > 0 and r["unit"]
+        assert math.isclose(r["ratio"], r["value"] / r["baseline"], rel_tol=1e-9)
+
+
+def test_paired_alternates_order_and_takes_medians():
+    calls = []
+    a = iter([100.0, 1.0, 3.0, 2.0])  # warm-up value first, then three measurements
+    b = iter([100.0, 10.0, 30.0, 20.0])
+    value, baseline = paired(lambda: calls.append("a") or next(a),
+                             lambda: calls.append("b") or next(b), repeats=3)
+    assert (value, baseline) == (2.0, 20.0)  # warm-ups discarded
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "bench --device: got 'tpu'"),
+    (["--model", "nope"], "bench --model: got 'nope'"),
+    (["--threads", "0"], "bench --threads: got 0"),
+])
+def test_bad_arguments_are_one_line_errors(capsys, args, message):
+    assert main(["bench", "--quick", *args]) == 2
+    assert message in capsys.readouterr().err
