@@ -202,8 +202,16 @@ def make_sampler(search: SearchSpec, space: dict[str, Distribution | list[Any]],
     if sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if sampler.name == "grid":
-        return optuna.samplers.GridSampler(_grid(space), seed=seed)
+        return _AskTellGridSampler(_grid(space), seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=sampler.n_startup_trials, seed=seed)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler whose ``after_trial`` does not call ``Study.stop`` (which Optuna only
+    allows inside ``optimize``; we ask and tell, and :func:`run_search` stops at the grid's size)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
