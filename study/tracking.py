@@ -36,6 +36,7 @@ ROLE, STUDY, ARM, HASH, OUTCOME = (
     "nfstudy.role", "nfstudy.study", "nfstudy.arm", "nfstudy.config_hash", "nfstudy.outcome",
 )
 PARENT_ID = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def param_value(value: Any) -> str:
@@ -134,7 +135,9 @@ class Tracking:
             location = None
             if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
                 location = f"{paths.artifact_root()}/{paths.safe_name(name)}"
-            experiment_id = self.client.create_experiment(name, artifact_location=location)
+            # Tagged as model training, so the MLflow UI opens on its runs (not GenAI traces).
+            experiment_id = self.client.create_experiment(name, artifact_location=location,
+                                                          tags={EXPERIMENT_KIND: "custom_model_development"})
         else:
             experiment_id = experiment.experiment_id
         tags = dict(parent or {})
