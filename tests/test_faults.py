@@ -42,13 +42,14 @@ def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
 
 
 def running_trials(study: str, timeout: float = 180, at_least: int = 1) -> list:
-    """Wait until ``at_least`` trials of the study's queue are RUNNING; return them."""
+    """Wait until ``at_least`` trials of the study's queue are RUNNING with an MLflow run
+    (mid-run); return them."""
     deadline = time.monotonic() + timeout
     queue = None
     while time.monotonic() < deadline:
         try:
             queue = queue or RunQueue(study)
-            trials = [t for t in queue.trials([TrialState.RUNNING]) if "nfstudy:owner" in t.system_attrs]
+            trials = [t for t in queue.trials([TrialState.RUNNING]) if "mlflow_run_id" in t.user_attrs]
             if len(trials) >= at_least:
                 return trials
         except TrackingError:

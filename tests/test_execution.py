@@ -1,0 +1,159 @@
+"""The queue (study/queue.py), the worker loop (study/worker.py) and the coordinator
+(study/execution.py) on real stores: Optuna journal files and SQLite MLflow under the
+test's own $NFSTUDY_HOME, real processes for the races."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import replace
+
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from study.cli import main
+from study.errors import ConfigError, TrackingError
+from study.queue import Job, RunQueue
+from study.tracking import Tracking
+from study.worker import TRIAL_TAG, recover_lost, run_worker
+
+
+def job(config_hash: str, **changes) -> Job:
+    base = Job(config_hash=config_hash, config={"seed": 0}, study="s", arm="", run_name=f"run-{config_hash}",
+               point={}, experiment_id="0", parent_id="p")
+    return replace(base, **changes)
+
+
+def _enqueue_in_child(home: str, hashes: list[str], barrier) -> None:
+    os.environ["NFSTUDY_HOME"] = home
+    queue = RunQueue("s", create=True)
+    barrier.wait()
+    queue.enqueue([job(h) for h in hashes])
+
+
+def _pop_all_in_child(home: str, barrier, out) -> None:
+    os.environ["NFSTUDY_HOME"] = home
+    queue = RunQueue("s")
+    barrier.wait()
+    while (claim := queue.pop()) is not None:
+        out.put(claim.job.config_hash)
+
+
+def test_enqueue_from_four_coordinators_at_once_adds_each_config_once(nfstudy_home):
+    RunQueue("s", create=True)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    hashes = [f"h{i}" for i in range(6)]
+    procs = [context.Process(target=_enqueue_in_child, args=(str(nfstudy_home), hashes, barrier)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    trials = RunQueue("s").trials()
+    assert sorted(t.user_attrs["config_hash"] for t in trials) == hashes
+    assert {t.state for t in trials} == {TrialState.WAITING}
+
+
+def test_concurrent_pops_claim_every_trial_exactly_once(nfstudy_home):
+    queue = RunQueue("s", create=True)
+    hashes = [f"h{i}" for i in range(12)]
+    queue.enqueue([job(h) for h in hashes])
+    context = multiprocessing.get_context("fork")
+    barrier, out = context.Barrier(3), context.SimpleQueue()
+    procs = [context.Process(target=_pop_all_in_child, args=(str(nfstudy_home), barrier, out)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    claimed = []
+    while not out.empty():
+        claimed.append(out.get())
+    assert sorted(claimed) == sorted(hashes)
+    assert {t.state for t in RunQueue("s").trials()} == {TrialState.RUNNING}
+
+
+def test_an_empty_queue_pops_nothing_and_samples_nothing(nfstudy_home):
+    queue = RunQueue("s", create=True)
+    assert queue.pop() is None
+    assert queue.trials() == []
+
+
+def test_enqueue_skips_configs_waiting_or_running_and_requeues_failed_ones(nfstudy_home):
+    queue = RunQueue("s", create=True)
+    assert queue.enqueue([job("a"), job("b")]) == (2, 0)
+    claim = queue.pop()
+    assert queue.enqueue([job("a"), job("b")]) == (0, 0)
+    queue.fail(claim.trial_id)
+    assert queue.enqueue([job("a"), job("b")]) == (1, 0)
+    # A new plan (e.g. another preset) cancels what the old one left waiting.
+    assert queue.enqueue([job("c")], cancel_others=True) == (1, 2)
+    waiting = queue.trials([TrialState.WAITING])
+    assert [t.user_attrs["config_hash"] for t in waiting] == ["c"]
+
+
+def test_a_worker_needs_an_existing_queue(nfstudy_home):
+    with pytest.raises(TrackingError, match="no queue"):
+        RunQueue("nothing-here")
+    assert main(["worker", "--study", "nothing-here"]) == 2
+
+
+def test_unsupported_storage_is_rejected(nfstudy_home):
+    with pytest.raises(ConfigError, match="--storage 'mysql://x/y'"):
+        RunQueue("s", "mysql://x/y", create=True)
+
+
+def _claim_and_die(home: str) -> None:
+    os.environ["NFSTUDY_HOME"] = home
+    RunQueue("s").pop()
+    os._exit(0)  # dies holding a RUNNING trial, like kill -9
+
+
+def test_a_dead_workers_trial_is_failed_its_run_killed_and_its_config_requeued(nfstudy_home):
+    tracking = Tracking()
+    experiment_id, parent_id = tracking.ensure_study("s")
+    queue = RunQueue("s", create=True)
+    queue.enqueue([job("a", experiment_id=experiment_id, parent_id=parent_id)])
+    proc = multiprocessing.get_context("fork").Process(target=_claim_and_die, args=(str(nfstudy_home),))
+    proc.start()
+    proc.join(60)
+    (trial,) = queue.trials([TrialState.RUNNING])
+    child = tracking.start_child(experiment_id, parent_id, "s", "", "run-a", "a", {},
+                                 tags={TRIAL_TAG: f"{queue.name}#{trial._trial_id}"})
+    assert recover_lost(queue, tracking) == 1
+    assert recover_lost(queue, tracking) == 0
+    assert MlflowClient(tracking.uri).get_run(child.run_id).info.status == "KILLED"
+    states = [(t.state, t.user_attrs["attempt"]) for t in queue.trials()]
+    assert states == [(TrialState.FAIL, 1), (TrialState.WAITING, 2)]
+
+
+def test_a_config_finished_in_mlflow_is_not_trained_again(nfstudy_home):
+    tracking = Tracking()
+    experiment_id, parent_id = tracking.ensure_study("s")
+    done = tracking.start_child(experiment_id, parent_id, "s", "", "run-a", "a", {})
+    done.finish({"outcome": "completed", "val/top1": 0.5})
+    queue = RunQueue("s", create=True)
+    queue.enqueue([job("a", experiment_id=experiment_id, parent_id=parent_id)])
+    events = []
+    summary = run_worker(queue, tracking, on_event=lambda event, j, result: events.append((event, j.config_hash)))
+    assert events == [("skipped", "a")]
+    assert summary.skipped == 1 and summary.runs == 1
+    assert [t.state for t in queue.trials()] == [TrialState.COMPLETE]
+    assert len(MlflowClient(tracking.uri).search_runs([experiment_id], "tags.`nfstudy.role` = 'child'")) == 1
+
+
+def test_run_twice_trains_each_config_once_through_the_queue(study_file, nfstudy_home, capsys):
+    path = study_file("name: twice\nbase: presets/smoke.yaml\ngrid:\n  agc.clipping: [0.01, 0.02]\nseeds: [0]\n")
+    assert main(["run", str(path)]) == 0
+    assert main(["run", str(path)]) == 0
+    assert "2 done, 0 to run" in capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{nfstudy_home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("twice").experiment_id],
+                              "tags.`nfstudy.role` = 'child'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    trials = RunQueue("twice").trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in runs}
+    assert (nfstudy_home / "queue.journal").is_file()
