@@ -14,8 +14,8 @@ bytes load — nothing else in that format can be tested — and it converts to 
 would convert back. Here the download (``download=True``) goes through torchvision, which
 verifies the archive's md5; reading checks the structure instead (every file present, each
 a dict with a ``(n, 3072)`` uint8 ``data`` and ``n`` labels in range), which catches
-missing, truncated and foreign files. Like torchvision we unpickle the files: only point
-``data.root`` at data you trust.
+missing, truncated and foreign files. Unlike torchvision, the unpickler accepts numpy arrays
+and plain containers only, so a malicious file cannot run code.
 """
 
 from __future__ import annotations
@@ -135,11 +135,26 @@ def _download(dataset: type[CIFAR10], root: Path) -> None:
         raise DataError(f"could not download {dataset.url} into {root}: {err}") from err
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, nothing else: a foreign
+    pickle cannot run code (``pickle.load`` would call any global it names)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"),
+                ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object"),
+                ("_codecs", "encode")}  # how protocol-2 pickles store bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR file holds only arrays")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             # latin1: the official files are Python 2 pickles (as torchvision reads them).
-            entry = pickle.load(file, encoding="latin1")
+            entry = _ArraysOnly(file, encoding="latin1").load()
     except Exception as err:  # any failure to unpickle means a truncated or foreign file
         raise DataError(
             f"{path} is not a readable CIFAR file ({type(err).__name__}: {err}); delete it and set data.download=true"
