@@ -357,11 +357,16 @@ def _spp_bn_resets(frame, context) -> Verdict:
 
 
 def _spp_nf_no_mean_shift(frame, context) -> Verdict:
-    nf = frame[~frame["model"].map(str).str.lower().str.startswith("bn")]
+    names = frame["model"].map(str).str.lower()
+    nf = frame[~names.str.startswith("bn") & ~names.str.endswith("_nows")]  # NF with Scaled WS
     if nf.empty:
-        return Verdict(INCONCLUSIVE, reason="no NF model in the signal-propagation data")
+        return Verdict(INCONCLUSIVE, reason="no NF model with Scaled WS in the signal-propagation data")
     ratio = (nf["avg_channel_squared_mean"] / nf["avg_channel_variance"]).max()
     numbers = {"max over NF blocks of avg squared mean / avg variance": f"{ratio:.3f}"}
+    plain = frame[names.str.endswith("_nows")]
+    if not plain.empty:  # the unscaled control, for contrast
+        plain_ratio = (plain["avg_channel_squared_mean"] / plain["avg_channel_variance"]).max()
+        numbers["the same without weight standardisation"] = f"{plain_ratio:.3f}"
     if ratio < 0.1:
         return Verdict(SUPPORTED, numbers)
     if ratio > 1.0:

@@ -182,7 +182,8 @@ def _runs_section(runs: pd.DataFrame, columns: list[str], parent_id) -> _Section
         _Table([*columns, "status", "outcome", "run id"], rows)], collapsed=True)
 
 
-def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: pd.DataFrame | None = None) -> dict:
+def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: pd.DataFrame | None = None,
+                 config_hashes: set[str] | None = None) -> dict:
     """Write a study's figures, ``report.md``, ``report.html`` and ``summary.json``.
 
     Example:
@@ -200,6 +201,8 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: 
             :func:`analysis.figures.signal_propagation` takes; the caller computes them
             with ``study.models.spp``, analysis never builds models), drawn when given and
             judged when the study's paper key is ``table6`` or ``spp``.
+        config_hashes: when given, only runs of these configs count (the runs of one
+            preset and set of overrides; a study's experiment can hold several scales).
 
     Returns:
         ``{"markdown": Path, "html": Path, "summary": Path, "figures": [Path, ...],
@@ -212,6 +215,10 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(spec.name, tracking_uri)
+    others = 0
+    if config_hashes is not None:
+        others = int((~runs["config_hash"].isin(config_hashes)).sum())
+        runs = runs[runs["config_hash"].isin(config_hashes)]
     frame = results(runs)
     grid_keys = [k for k in (spec.grid or {}) if k in frame.columns]
     arms = list(spec.arms or {})
@@ -227,7 +234,15 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: 
     counts = ", ".join(f"{n} {status.lower()}" for status, n in excluded["status"].value_counts().items())
     written, verdicts = [], []
     if frame.empty:
-        sections.append(_Section("Results", ["**No runs yet.**" + (f" Not results: {counts}." if counts else "")]))
+        other_text = (f" {others} runs of other configs (another preset or other overrides) are in this "
+                      "study's experiment: report them with the same --preset/--set as the run."
+                      if others else "")
+        sections.append(_Section("Results", ["**No runs yet.**" + (f" Not results: {counts}." if counts else "")
+                                             + other_text]))
+        if spp is not None:
+            paths = figures.save_figure(figures.signal_propagation(spp), out / "signal-propagation")
+            written += paths
+            sections.append(_Section("Figures", [_Image(paths[0], reference("spp").title)]))
     else:
         caption = roles.mapping_caption(frame)
         group_cols = (["arm"] if arms else []) + grid_keys

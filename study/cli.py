@@ -304,6 +304,8 @@ def search(
 def report(
     name: Optional[str] = typer.Argument(None, help="Study name or path to a study YAML file."),
     all_: bool = typer.Option(False, "--all", help="Report every registered study and write an index page."),
+    preset: Optional[str] = typer.Option(None, help="Report the runs of this preset (default: the study's base)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Report the runs made with these overrides."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL of searches (default: $NFSTUDY_HOME/optuna.db)."),
 ) -> None:
@@ -325,10 +327,39 @@ def report(
             written = build_search_report(spec, paths.optuna_storage(storage), uri, out,
                                           command=f"nfstudy report {spec.name}")
         else:
-            written = build_report(spec, uri, out, command=f"nfstudy report {spec.name}")
+            _, runs = _plan(study_name, preset, set_)
+            spp = _signal_propagation(spec) if spec.paper == "table6" else None
+            command = " ".join(["nfstudy report", spec.name, *([f"--preset {preset}"] if preset else []),
+                                *(f"--set {item}" for item in set_ or [])])
+            written = build_report(spec, uri, out, command=command, spp=spp,
+                                   config_hashes={r.config_hash for r in runs})
         console.print(f"{spec.name}: {written.get('html', out)}")
     if all_:
         console.print(f"index: {build_index(paths.home() / 'reports', [load_study(n) for n in names])}")
+
+
+def _signal_propagation(spec):
+    """[I]'s signal-propagation statistics at initialisation for the study's models (and the
+    ImageNet-scale NF/BN ResNet-50 twins), on white noise; SkipInit off so the α-scaled
+    growth shows. ``analysis`` never builds models, so the frame is made here."""
+    import pandas as pd
+    import torch
+
+    from study.models import build_model, signal_propagation
+    from study.registry import plan
+
+    configs = [run.config for run in plan(spec)]
+    size = configs[0].data.image_size or 16
+    cases = {(c.model.resolved_name, 1, size) for c in configs}
+    cases |= {("nf_resnet50", 3, 64), ("bn_resnet50", 3, 64)}
+    frames = []
+    for name, chans, px in sorted(cases):
+        torch.manual_seed(0)
+        extra = {} if name.startswith("bn_") else {"skipinit": False}
+        model = build_model(name, num_classes=10, in_chans=chans, **extra)
+        frame = signal_propagation(model, torch.randn(64, chans, px, px))
+        frames.append(frame.assign(model=name))
+    return pd.concat(frames, ignore_index=True)
 
 
 @app.command()
