@@ -42,6 +42,8 @@ from study.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
 POLL_S = 0.5
 #: Seconds a worker gets to close its run after Ctrl-C before it is killed.
 STOP_TIMEOUT_S = 60.0
+#: Queue errors of trials whose config goes back to the queue (not reported as failures).
+_NOT_A_FAILURE = ("cancelled", "worker lost", "interrupted")
 
 
 @dataclass
@@ -153,7 +155,7 @@ class _Watcher:
                 self.done.add(job.config_hash)
                 if on_event and "outcome" in trial.user_attrs:
                     on_event("finished", job, {"outcome": trial.user_attrs["outcome"], "val/top1": trial.value})
-            elif on_event and not trial.user_attrs.get("error", "").startswith("cancelled"):
+            elif on_event and not trial.user_attrs.get("error", "").startswith(_NOT_A_FAILURE):
                 on_event("failed", job, {"error": trial.user_attrs.get("error", "")})
         return len(self.done & self.plan)
 
