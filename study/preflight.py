@@ -23,12 +23,14 @@ from study.spec import RunConfig
 #: Seconds a probe of a tracking server or database may take.
 PROBE_TIMEOUT_S = 5
 #: MLflow's HTTP client defaults (7 retries with exponential backoff, 120 s timeout) make a
-#: dead server hang a command for minutes; these bound one call to about 20 s. Values
-#: already in the environment win.
+#: dead server hang a command for minutes; these bound one call to about 20 s, and keep
+#: run URLs (with their credentials) off stdout. Values already in the environment win.
 HTTP_CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    # MLflow 3 prints "View run … at: URL" on stdout, credentials included.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 #: Data sets read from ``data.root`` (digits is embedded, fake is generated).
 _ON_DISK = ("cifar10", "cifar100", "imagefolder")

@@ -73,6 +73,9 @@ class Tracking:
         self.offline = False
         """True once a call failed because the server did not answer (runs go to the spool)."""
         self._descriptions: dict[str, str] = {}
+        self._known: dict[str, dict[str, str]] = {}
+        """``{experiment id: {config hash: outcome}}`` FINISHED as last seen or recorded here,
+        so a summary made while offline still counts what finished before the server went."""
 
     def reachable(self) -> bool:
         """Whether the tracking server answers now (stores that are not servers: always)."""
@@ -91,8 +94,9 @@ class Tracking:
         return not self.offline
 
     def finished_run_id(self, experiment_id: str, config_hash: str) -> str | None:
-        """The id of a FINISHED child run of ``config_hash`` (``"spool"`` when the only one
-        is in the local spool, waiting for ``nfstudy sync``), else ``None``."""
+        """The id of a FINISHED child run of ``config_hash``, else ``None``. While the server
+        does not answer: ``"spool"`` for a run waiting in the local spool for ``nfstudy sync``,
+        ``"seen"`` for one this process saw FINISHED before the server went away."""
         if self._online():
             try:
                 runs = self.client.search_runs(
@@ -105,15 +109,19 @@ class Tracking:
                 if self.reachable():
                     raise
                 self.offline = True
-        return "spool" if config_hash in spool_finished(experiment_id) else None
+        if config_hash in spool_finished(experiment_id):
+            return "spool"
+        return "seen" if config_hash in self._known.get(experiment_id, {}) else None
 
     def finished_outcomes(self, experiment_id: str) -> dict[str, str]:
         """``{config hash: outcome}`` of the FINISHED child runs, in MLflow or in the spool."""
-        outcomes = spool_finished(experiment_id)
+        known = self._known.setdefault(experiment_id, {})
+        outcomes = {**known, **spool_finished(experiment_id)}
         if self._online():
             try:
-                outcomes.update({run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, "completed")
-                                 for run in self._finished_runs([experiment_id])})
+                known.update({run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, "completed")
+                              for run in self._finished_runs([experiment_id])})
+                outcomes.update(known)
             except Exception:
                 if self.reachable():
                     raise
@@ -174,8 +182,10 @@ class Tracking:
     def finished_hashes(self, experiment_id: str) -> dict[str, str]:
         """``{config hash: run id}`` of the FINISHED child runs (the results)."""
         done: dict[str, str] = {}
+        known = self._known.setdefault(experiment_id, {})
         for run in self._finished_runs([experiment_id]):
             done.setdefault(run.data.tags.get(HASH, ""), run.info.run_id)
+            known[run.data.tags.get(HASH, "")] = run.data.tags.get(OUTCOME, "completed")
         return done
 
     def adopt_finished(self, experiment_id: str, parent_id: str, study: str,
@@ -331,6 +341,9 @@ class ChildRun:
             self.spool.metrics(metrics)
             self.spool.tags({OUTCOME: outcome})
         self._terminate("FINISHED")
+        if self._tracking is not None and self._header is not None:
+            self._tracking._known.setdefault(self._header["experiment_id"], {})[
+                self._header["tags"][HASH]] = outcome
 
     def _terminate(self, status: str) -> None:
         if self.spool is None:
