@@ -144,6 +144,7 @@ def test_a_config_finished_in_mlflow_is_not_trained_again(nfstudy_home):
     assert len(MlflowClient(tracking.uri).search_runs([experiment_id], "tags.`nfstudy.role` = 'child'")) == 1
 
 
+@pytest.mark.slow
 def test_run_twice_trains_each_config_once_through_the_queue(study_file, nfstudy_home, capsys):
     path = study_file("name: twice\nbase: presets/smoke.yaml\ngrid:\n  agc.clipping: [0.01, 0.02]\nseeds: [0]\n")
     assert main(["run", str(path)]) == 0
