@@ -96,6 +96,8 @@ def run(
     workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes: one GPU each when there "
                                 "are GPUs, else an equal share of the CPU cores; 1 trains in this process."),
     storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) per run: each run "
+                                       "becomes one torchrun DDP job; AGC clips the all-reduced gradient."),
 ) -> None:
     """Run what is not finished yet of a study; finished configs are never trained again.
 
@@ -146,7 +148,8 @@ def run(
                             description=f"  {progress.tasks[epochs].description.split(' |')[0]} | val/top1 {metrics['val/top1']:.3f}")
 
         summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=on_prepared,
-                          on_progress=on_progress, on_event=on_event, on_epoch=on_epoch)
+                          on_progress=on_progress, on_event=on_event, on_epoch=on_epoch,
+                          nproc_per_node=nproc_per_node)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
                   f"{len(summary.failed)} failed, {summary.done_before} were already done")
     for line in summary.failed:
@@ -223,6 +226,7 @@ def worker(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://HOST:5000 "
                                                "(default: $NFSTUDY_HOME/mlflow.db)."),
     parent_pid: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (a local coordinator) dies."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) per run (torchrun DDP)."),
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
@@ -245,7 +249,7 @@ def worker(
             detail = f" {result['outcome']} val/top1 {result['val/top1']:.3f}"
         console.print(f"{me}: {event} {job.run_name} [{job.config_hash}]{detail}", markup=False, highlight=False)
 
-    summary = run_worker(queue, tracking, parent_pid=parent_pid, on_event=on_event)
+    summary = run_worker(queue, tracking, parent_pid=parent_pid, on_event=on_event, nproc_per_node=nproc_per_node)
     queue_ms, check_ms = summary.overhead_ms()
     console.print(f"{me}: queue empty; {summary.completed} completed, {summary.diverged} diverged, "
                   f"{len(summary.failed)} failed, {summary.skipped} skipped (done elsewhere), "
@@ -369,14 +373,17 @@ def bench(
     model: str = typer.Option("nf_resnet_small", help="Model of the training figures (CUDA: NFNet-F0 unless set)."),
     quick: bool = typer.Option(False, "--quick", help="Seconds-long smoke mode (tests); numbers not meaningful."),
     threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: torch's)."),
+    compile_: bool = typer.Option(False, "--compile", help="Also measure train.compile (a minute of compilation on a CPU)."),
 ) -> None:
     """What the framework costs: each figure a ratio against a baseline measured in this run."""
     import json
 
     from study.bench import run_bench
 
-    log = (lambda line: None) if json_ else (lambda line: err_console.print(f"measuring {line}", markup=False))
-    out = run_bench(device, model, quick, log, threads)
+    def log(line: str) -> None:  # progress on stderr, so --json keeps stdout one object
+        err_console.print(line if line.startswith(" ") else f"measuring {line}", markup=False, highlight=False)
+
+    out = run_bench(device, model, quick, log, threads, compile_)
     if json_:
         print(json.dumps(out))
         return

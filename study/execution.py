@@ -112,25 +112,28 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def worker_env(index: int, workers: int, gpus: list[str]) -> dict[str, str]:
-    """Environment of local worker ``index`` of ``workers``: one GPU (round robin) when
-    there are GPUs, and an equal share of the CPU cores for its intra-op threads."""
+def worker_env(index: int, workers: int, gpus: list[str], nproc_per_node: int = 1) -> dict[str, str]:
+    """Environment of local worker ``index`` of ``workers``: ``nproc_per_node`` GPUs (round
+    robin) when there are GPUs, and an equal share of the CPU cores for its intra-op threads."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(max(1, cores // workers))
+    threads = str(max(1, cores // (workers * nproc_per_node)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        first = index * nproc_per_node
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(first + i) % len(gpus)] for i in range(nproc_per_node))
     return env
 
 
-def _spawn(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking, log: Path) -> subprocess.Popen:
+def _spawn(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking, log: Path,
+           nproc_per_node: int = 1) -> subprocess.Popen:
     command = [sys.executable, "-m", "study", "worker", "--study", queue.study, "--storage", queue.url,
-               "--tracking-uri", tracking.uri, "--parent-pid", str(os.getpid())]
+               "--tracking-uri", tracking.uri, "--parent-pid", str(os.getpid()),
+               "--nproc-per-node", str(nproc_per_node)]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         # Same process group: a terminal's Ctrl-C reaches the workers too.
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=worker_env(index, workers, gpus))
+                                env=worker_env(index, workers, gpus, nproc_per_node))
 
 
 def _deliberate(returncode: int) -> bool:
@@ -171,6 +174,7 @@ def execute(
     on_progress: Callable[[int, int], None] | None = None,
     on_event: RunEvent | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    nproc_per_node: int = 1,
 ) -> Summary:
     """Train every run of ``runs`` not yet FINISHED, through the study's queue.
 
@@ -184,6 +188,7 @@ def execute(
         on_progress: ``(finished, total)`` over the whole plan, as it changes.
         on_event: per-run events (see :func:`study.worker.run_worker`).
         on_epoch: per-epoch metrics (in-process worker only).
+        nproc_per_node: processes (GPUs) per run: each run becomes a torchrun DDP job.
 
     Returns:
         A :class:`Summary`, read back from MLflow at the end.
@@ -215,17 +220,17 @@ def execute(
                 if on_event:
                     on_event(event, job, result)
 
-            run_worker(queue, tracking, on_event=forward, on_epoch=on_epoch)
+            run_worker(queue, tracking, on_event=forward, on_epoch=on_epoch, nproc_per_node=nproc_per_node)
         else:
-            restarts = _run_local_workers(queue, tracking, workers, watcher, on_progress, on_event)
+            restarts = _run_local_workers(queue, tracking, workers, watcher, on_progress, on_event, nproc_per_node)
     return _summarise(tracking, prepared, runs, queue, restarts)
 
 
 def _run_local_workers(queue: RunQueue, tracking: Tracking, workers: int, watcher: _Watcher,
-                       on_progress, on_event) -> int:
+                       on_progress, on_event, nproc_per_node: int = 1) -> int:
     gpus = visible_gpus()
     logs = paths.confined("logs", queue.study)
-    procs = {i: _spawn(i, workers, gpus, queue, tracking, logs / f"worker-{i}.log") for i in range(workers)}
+    procs = {i: _spawn(i, workers, gpus, queue, tracking, logs / f"worker-{i}.log", nproc_per_node) for i in range(workers)}
     restarts, max_restarts, shown = 0, 2 * workers + 2, -1
     try:
         while procs:
@@ -239,7 +244,7 @@ def _run_local_workers(queue: RunQueue, tracking: Tracking, workers: int, watche
                 recover_lost(queue, tracking)
                 if restarts < max_restarts and queue.trials([TrialState.WAITING, TrialState.RUNNING]):
                     restarts += 1
-                    procs[index] = _spawn(index, workers, gpus, queue, tracking, logs / f"worker-{index}.log")
+                    procs[index] = _spawn(index, workers, gpus, queue, tracking, logs / f"worker-{index}.log", nproc_per_node)
             recover_lost(queue, tracking)
             finished = watcher.poll(on_event)
             if on_progress and finished != shown:

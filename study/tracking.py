@@ -323,15 +323,20 @@ class ChildRun:
 
     def finish(self, result: dict[str, Any]) -> None:
         """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies) and the
-        outcome tag, then mark the run FINISHED."""
+        outcome tag, then mark the run FINISHED.
+
+        Per-epoch keys (``val/*``, ``train/*``) are not logged again, so learning curves
+        keep one point per epoch, except for a diverged run, whose chance-level result is
+        logged one step after its last epoch."""
         self.flush()
-        finals = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        finals.update({f"final/{k}": v for k, v in result.items()
-                       if k.startswith(("val/", "train/")) and isinstance(v, float)})
+        outcome = str(result.get("outcome", "completed"))
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        finals = {k: v for k, v in numbers.items()
+                  if outcome == "diverged" or not k.startswith(("val/", "train/"))}
+        finals.update({f"final/{k}": v for k, v in numbers.items() if k.startswith(("val/", "train/"))})
         now = int(time.time() * 1000)
         step = int(result.get("epochs", 0))
         metrics = [Metric(k, float(v), now, step) for k, v in finals.items()]
-        outcome = str(result.get("outcome", "completed"))
         if self.spool is None:
             try:
                 self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(OUTCOME, outcome)])

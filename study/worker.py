@@ -168,6 +168,7 @@ def run_worker(
     parent_pid: int | None = None,
     on_event: RunEvent | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    nproc_per_node: int = 1,
 ) -> WorkerSummary:
     """Train queued configs until nothing is WAITING (and, with ``wait``, nothing RUNNING
     elsewhere that could come back to the queue).
@@ -181,6 +182,8 @@ def run_worker(
         on_event: ``(event, job, result)`` with event ``start``, ``finished``, ``failed``,
             ``skipped``.
         on_epoch: passed to :func:`study.trainer.train`.
+        nproc_per_node: processes per run; above 1 each run is one torchrun DDP job
+            (:func:`study.distributed.train_distributed`).
 
     Returns:
         A :class:`WorkerSummary`.
@@ -205,10 +208,12 @@ def run_worker(
             continue
         summary.queue_s += time.perf_counter() - started
         summary.runs += 1
-        _run_claim(queue, tracking, claim, summary, parent_pid, on_event, on_epoch)
+        _run_claim(queue, tracking, claim, summary, parent_pid, on_event, on_epoch, nproc_per_node)
 
 
-def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid, on_event, on_epoch) -> None:
+def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid, on_event, on_epoch,
+               nproc_per_node: int = 1) -> None:
+    from study.distributed import train_distributed
     from study.spec import make_config
     from study.trainer import train
 
@@ -235,7 +240,8 @@ def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid
             if config.config_hash() != job.config_hash:
                 raise RuntimeError(f"config hash {config.config_hash()} != queued {job.config_hash}: "
                                    "this worker's nfstudy version differs from the coordinator's")
-            result = train(config, tracker=child, on_epoch=on_epoch)
+            result = (train_distributed(config, nproc_per_node, tracker=child, on_epoch=on_epoch)
+                      if nproc_per_node > 1 else train(config, tracker=child, on_epoch=on_epoch))
     except KeyboardInterrupt:
         # Finish the bookkeeping even if a second Ctrl-C / SIGTERM arrives meanwhile.
         previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} \

@@ -127,6 +127,22 @@ def test_train_distributed_forwards_epochs_and_matches_one_process():
     assert result["val/top1"] == pytest.approx(single["val/top1"], abs=2 / 500)  # at most 2 flips
 
 
+@pytest.mark.slow
+def test_nfstudy_run_with_nproc_per_node_trains_each_config_as_one_ddp_job(study_file, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from study import paths
+    from study.cli import main
+
+    path = study_file("name: ddp\nbase: presets/smoke.yaml\nfixed: {train.steps: 2}\nseeds: [0]\n")
+    assert main(["run", str(path), "--nproc-per-node", "2"]) == 0
+    client = MlflowClient(paths.tracking_uri())
+    experiment = client.get_experiment_by_name("ddp")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`nfstudy.role` = 'child'")
+    assert run.info.status == "FINISHED" and run.data.metrics["steps"] == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [0]
+
+
 if __name__ == "__main__":  # the per-rank side of the one-step probe, under torchrun
     import torch.distributed as dist
 
