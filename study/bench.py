@@ -3,12 +3,14 @@
 DESIGN.md "Performance rules", issue 8. Every figure is a ratio of a candidate to its baseline,
 both measured in this process on the same model, data and batch: a warm-up call of each, then
 ``repeats`` calls alternating the order (candidate first on even repeats, baseline first on
-odd ones), and the median of each. Times are wall-clock with a device sync around each call
-(``torch.cuda.synchronize`` on a GPU); step times come from :func:`study.trainer.train`'s own
-``time/step_ms`` (epochs after the first, so set-up, compilation and evaluation are excluded)
-and from a bare loop timed the same way.
+odd ones), and the median of each. On a CPU the clock is this process's CPU time (all its
+threads), so other jobs on a shared machine do not inflate one side; on a GPU it is wall time
+with ``torch.cuda.synchronize`` around each call. Step times are read at each epoch's end
+through :func:`study.trainer.train`'s ``on_epoch`` (epochs after the first, so set-up and
+compilation are left out; each epoch's validation pass is in, and the bare loop runs the same
+pass). ``framework_cost_per_run`` is wall time: it is a latency.
 
-CPU figures (the default small net on digits, batch 128 at 16 px):
+CPU figures (the default small net on digits, batch 128 at 16 px, as the digits preset):
 
 - ``trainer_overhead``: a step of :func:`~study.trainer.train` (tracking off) / a hand-written
   PyTorch loop with the same model, optimizer, data loader and batch.
@@ -22,8 +24,9 @@ CPU figures (the default small net on digits, batch 128 at 16 px):
 - ``framework_cost_per_run``: seconds from a study spec to a FINISHED MLflow child run of one
   training step (plan, experiment and parent, child run with params, data, model, the step,
   evaluation, final metrics) / a bare first step (data, model, optimizer, one step).
-- ``channels_last``, ``compile`` (not ``--quick``): steps with ``train.channels_last`` /
-  ``train.compile`` against the eager NCHW step.
+- ``channels_last`` (not ``--quick``): steps with ``train.channels_last`` against NCHW;
+  ``compile`` (only with ``--compile``: a minute of compilation on a small CPU): steps with
+  ``train.compile`` against eager ones.
 
 CUDA figures (``--device cuda``): NFNet-F0 at 192 px in bf16 on random data: images/s of
 NHWC against NCHW, compiled against eager, the model FLOP utilisation (training FLOPs ≈ 6 ×
@@ -87,13 +90,16 @@ class Settings:
     device: torch.device
     model: str
     quick: bool
+    compile: bool = False
 
     @property
     def repeats(self) -> int:
-        return 1 if self.quick else 5
+        return 1 if self.quick else 3
 
     @property
     def warmup(self) -> bool:
+        """Warm-up calls for the first figures; later ones run in a warm process, and every
+        step time leaves out its run's first epoch anyway."""
         return not self.quick
 
 
@@ -106,8 +112,19 @@ def _result(name: str, value: float, baseline: float, unit: str, *, better: str 
         measured = ratio if on == "ratio" else value
         sign = "<=" if better == "lower" else ">="
         ok = measured <= target if better == "lower" else measured >= target
-        text = f"{on} {sign} {target:g}" + (" s" if unit == "s" and on == "value" else "")
+        text = f"{'' if on == 'ratio' else 'value '}{sign} {target:g}" + (" s" if unit == "s" and on == "value" else "")
     return Result(name, value, baseline, ratio, unit, better, text, ok, note)
+
+
+def _collector(results: list[Result], log: Callable[[str], None]) -> Callable[[Result], None]:
+    """Appends a result and logs it at once (a long bench shows its figures as they come)."""
+
+    def add(result: Result) -> None:
+        results.append(result)
+        log(f"  {result.name}: {result.value:.4g} vs {result.baseline:.4g} {result.unit}, "
+            f"ratio {result.ratio:.3f} {result.target}")
+
+    return add
 
 
 def _sync(device: torch.device) -> None:
@@ -138,15 +155,16 @@ def paired(candidate: Callable[[], float], baseline: Callable[[], float], repeat
 
 
 def timed(fn: Callable[[], Any], device: torch.device, calls: int = 1) -> Callable[[], float]:
-    """A measurement: seconds per call of ``fn`` over ``calls`` calls, device synced."""
+    """A measurement: seconds per call of ``fn`` over ``calls`` calls (:func:`clock`), synced."""
+    now = clock(device)
 
     def measure() -> float:
         _sync(device)
-        start = time.perf_counter()
+        start = now()
         for _ in range(calls):
             fn()
         _sync(device)
-        return (time.perf_counter() - start) / calls
+        return (now() - start) / calls
 
     return measure
 
@@ -154,8 +172,8 @@ def timed(fn: Callable[[], Any], device: torch.device, calls: int = 1) -> Callab
 # --------------------------------------------------------------------------- configurations
 
 def bench_config(settings: Settings, **overrides: Any):
-    """The RunConfig of the CPU training figures: digits at 16 px, batch 128, 3 epochs (10
-    steps each); ``--quick``: the smoke preset's 4 steps of batch 32 at 8 px."""
+    """The RunConfig of the CPU training figures: the digits preset's images (16 px) and
+    batch (128), 2 epochs (10 steps each, the second timed); ``--quick``: the smoke preset's 4 steps of batch 32 at 8 px."""
     from study.spec import make_config
 
     if settings.quick:
@@ -163,26 +181,51 @@ def bench_config(settings: Settings, **overrides: Any):
                 "data.crop_pad": 0, "train.steps": 4}
     else:
         base = {"data.name": "digits", "data.image_size": 16, "data.batch_size": 128,
-                "data.crop_pad": 1, "train.steps": 30}
+                "data.crop_pad": 1, "train.steps": 20}
     base.update({"model.name": settings.model, "train.device": str(settings.device),
                  "optim.lr": 0.1, "optim.weight_decay": 5e-5})
     base.update(overrides)
     return make_config(base, where="bench")
 
 
-def trainer_step(config) -> Callable[[], float]:
-    """Seconds per step of :func:`study.trainer.train` (its ``time/step_ms``)."""
-    from study.trainer import train
+def clock(device: torch.device) -> Callable[[], float]:
+    """CPU seconds of this process on a CPU device (immune to other jobs sharing the
+    machine; the logging thread counts too), wall seconds on an accelerator."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
 
-    return lambda: train(config)["time/step_ms"] / 1000
+
+def _per_step(marks: list[float], steps_per_epoch: int, fallback: float) -> float:
+    """Seconds per step from the clock read at each epoch's end, leaving out the first epoch
+    (warm-up, compilation); ``fallback`` when there are fewer than two epochs."""
+    if len(marks) < 2:
+        return fallback
+    return (marks[-1] - marks[0]) / ((len(marks) - 1) * steps_per_epoch)
+
+
+def trainer_step(config) -> Callable[[], float]:
+    """Seconds per step of :func:`study.trainer.train`: the clock at each epoch's end (after
+    its validation pass, through ``on_epoch``), first epoch left out; with one epoch only
+    (``--quick``), its own ``time/step_ms``."""
+    from study.trainer import resolve_device, train
+
+    now = clock(resolve_device(config.train.device))
+
+    def measure() -> float:
+        marks: list[float] = []
+        result = train(config, on_epoch=lambda epoch, metrics: marks.append(now()))
+        steps_per_epoch = result["steps"] // max(result["epochs"], 1)
+        return _per_step(marks, steps_per_epoch, result["time/step_ms"] / 1000)
+
+    return measure
 
 
 def bare_step(config) -> Callable[[], float]:
-    """Seconds per step of the loop one writes by hand: same data, model, optimizer, batch."""
+    """Seconds per step of the loop one writes by hand: same data, model, optimizer, batch,
+    and the same validation pass at each epoch's end, timed as :func:`trainer_step`."""
     from study.data import build_data
     from study.models import build_model
     from study.optim.sgd import build_optimizer
-    from study.trainer import resolve_device, seed_everything
+    from study.trainer import evaluate, resolve_device, seed_everything
 
     def measure() -> float:
         seed_everything(config.seed)
@@ -192,22 +235,22 @@ def bare_step(config) -> Callable[[], float]:
                             in_chans=data.in_chans).to(device)
         optimizer = build_optimizer(model, config.optim.lr * config.data.batch_size / 256,
                                     weight_decay=config.optim.weight_decay)
-        epochs = -(-config.train.steps // len(data.train))
-        times = []
+        now, steps_per_epoch = clock(device), min(len(data.train), config.train.steps)
+        epochs = -(-config.train.steps // steps_per_epoch)
+        marks, start = [], now()
         for epoch in range(epochs):
             model.train()
-            loss_sum, steps = torch.zeros((), device=device), 0
-            start = time.perf_counter()
-            for x, y in data.train:
+            loss_sum = torch.zeros((), device=device)
+            for _, (x, y) in zip(range(steps_per_epoch), data.train):
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach()
-                steps += 1
             loss_sum.item()  # the epoch's sync, as in the trainer
-            times.append((time.perf_counter() - start) / steps)
-        return statistics.mean(times[1:] if len(times) > 1 else times)
+            evaluate(model, data.val, contextlib.nullcontext)
+            marks.append(now())
+        return _per_step(marks, steps_per_epoch, (marks[-1] - start) / config.train.steps)
 
     return measure
 
@@ -271,14 +314,14 @@ def tracked_run(config, tracking, experiment_id: str, parent_id: str) -> Callabl
     (final metrics flushed); creating the child is left to ``framework_cost_per_run``."""
     from study.trainer import train
 
-    counter = iter(range(10**6))
+    counter, now = iter(range(10**6)), clock(torch.device(config.train.device))
 
     def measure() -> float:
         child = tracking.start_child(experiment_id, parent_id, "bench", "tracked",
                                      f"tracked-{next(counter)}", config.config_hash(), config.flat())
-        start = time.perf_counter()
+        start = now()
         child.finish(train(config, tracker=child))
-        return time.perf_counter() - start
+        return now() - start
 
     return measure
 
@@ -286,10 +329,12 @@ def tracked_run(config, tracking, experiment_id: str, parent_id: str) -> Callabl
 def untracked_run(config) -> Callable[[], float]:
     from study.trainer import train
 
+    now = clock(torch.device(config.train.device))
+
     def measure() -> float:
-        start = time.perf_counter()
+        start = now()
         train(config)
-        return time.perf_counter() - start
+        return now() - start
 
     return measure
 
@@ -346,61 +391,63 @@ def bare_first_step(config) -> Callable[[], float]:
 
 def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
     """The figures every device gets (the small net, or ``--model``)."""
-    results = []
+    results: list[Result] = []
+    add = _collector(results, log)
     base = bench_config(settings)
     log("trainer_overhead")
     value, baseline = paired(trainer_step(base), bare_step(base), settings.repeats, warmup=settings.warmup)
-    results.append(_result("trainer_overhead", value * 1e3, baseline * 1e3, "ms/step"))
+    add(_result("trainer_overhead", value * 1e3, baseline * 1e3, "ms/step"))
 
     log("agc_vectorised_vs_loop")
     build = {"num_classes": 10, "in_chans": 1}
     value, baseline, count = agc_vs_loop(settings.model, settings, **build)
-    results.append(_result("agc_vectorised_vs_loop", value * 1e3, baseline * 1e3, "ms/clip",
-                           note=f"{settings.model}, {count} tensors"))
+    add(_result("agc_vectorised_vs_loop", value * 1e3, baseline * 1e3, "ms/clip",
+                note=f"{settings.model}, {count} tensors"))
     if not settings.quick:
         log("agc_vectorised_vs_loop/nfnet_f0")
         value, baseline, count = agc_vs_loop("nfnet_f0", settings)
-        results.append(_result("agc_vectorised_vs_loop/nfnet_f0", value * 1e3, baseline * 1e3,
-                               "ms/clip", note=f"nfnet_f0, {count} tensors"))
+        add(_result("agc_vectorised_vs_loop/nfnet_f0", value * 1e3, baseline * 1e3,
+                    "ms/clip", note=f"nfnet_f0, {count} tensors"))
 
     for name, overrides in (("agc_step_overhead", {"agc.clipping": 0.01}),
                             ("sam_fraction", {"sam.mode": "fraction", "sam.fraction": 0.2}),
                             ("sam_full", {"sam.mode": "full"})):
         log(name)
         value, baseline = paired(trainer_step(bench_config(settings, **overrides)),
-                                 trainer_step(base), settings.repeats, warmup=settings.warmup)
-        results.append(_result(name, value * 1e3, baseline * 1e3, "ms/step"))
+                                 trainer_step(base), settings.repeats, warmup=False)
+        add(_result(name, value * 1e3, baseline * 1e3, "ms/step"))
 
     with temporary_tracking() as tracking:
         log("tracking_overhead")
         experiment_id, parent_id = tracking.ensure_study("bench", "nfstudy bench")
-        longer = bench_config(settings, **({} if settings.quick else {"train.steps": 50}))
-        value, baseline = paired(tracked_run(longer, tracking, experiment_id, parent_id),
-                                 untracked_run(longer), settings.repeats, warmup=settings.warmup)
-        results.append(_result("tracking_overhead", value, baseline, "s/run",
-                               note=f"{longer.train.steps} steps, metrics every epoch"))
+        value, baseline = paired(tracked_run(base, tracking, experiment_id, parent_id),
+                                 untracked_run(base), settings.repeats, warmup=False)
+        add(_result("tracking_overhead", value, baseline, "s/run",
+                    note=f"whole run of {base.train.steps} steps, metrics every epoch"))
 
         log("framework_cost_per_run")
         value, baseline = paired(framework_run(settings, tracking), bare_first_step(base),
                                  settings.repeats, warmup=settings.warmup)
-        results.append(_result("framework_cost_per_run", value, baseline, "s", on="value",
-                               target=FRAMEWORK_COST_TARGET_S,
-                               note="spec → FINISHED MLflow run of one step, warm process"))
+        add(_result("framework_cost_per_run", value, baseline, "s", on="value",
+                    target=FRAMEWORK_COST_TARGET_S,
+                    note="spec → FINISHED MLflow run of one step, warm process"))
 
     if not settings.quick:
         log("channels_last")
         value, baseline = paired(trainer_step(bench_config(settings, **{"train.channels_last": True})),
-                                 trainer_step(base), settings.repeats, warmup=settings.warmup)
-        results.append(_result("channels_last", value * 1e3, baseline * 1e3, "ms/step",
-                               note="NHWC vs NCHW; an option, not a target"))
+                                 trainer_step(base), settings.repeats, warmup=False)
+        add(_result("channels_last", value * 1e3, baseline * 1e3, "ms/step",
+                    note="NHWC vs NCHW; an option, not a target"))
+    if settings.compile:
         log("compile")
         compiled = bench_config(settings, **{"train.compile": True})
         start = time.perf_counter()
         trainer_step(compiled)()  # compiles (the cache makes the timed calls below warm)
         compile_s = time.perf_counter() - start
-        value, baseline = paired(trainer_step(compiled), trainer_step(base), 3, warmup=False)
-        results.append(_result("compile", value * 1e3, baseline * 1e3, "ms/step",
-                               note=f"torch.compile vs eager; first run {compile_s:.0f} s incl. compilation"))
+        value, baseline = paired(trainer_step(compiled), trainer_step(base), settings.repeats,
+                                 warmup=False)
+        add(_result("compile", value * 1e3, baseline * 1e3, "ms/step",
+                    note=f"torch.compile vs eager; first run {compile_s:.0f} s incl. compilation"))
     return results
 
 
@@ -463,13 +510,14 @@ def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
 
     model = settings.model if settings.model != "nf_resnet_small" else "nfnet_f0"
     with torch.device("meta"):
-        macs = count_macs(build_model(model), 192)
+        macs = count_macs(build_model(model, num_classes=10), 192)  # fake data: 10 classes
     repeats = settings.repeats
-    results = []
+    results: list[Result] = []
+    add = _collector(results, log)
     log(f"{model} NHWC vs NCHW")
     nhwc, nchw = paired(images_per_s(gpu_config(settings, model, **{"train.channels_last": True})),
                         images_per_s(gpu_config(settings, model)), repeats)
-    results.append(_result(f"{model}_nhwc_vs_nchw", nhwc, nchw, "images/s", better="higher",
+    add(_result(f"{model}_nhwc_vs_nchw", nhwc, nchw, "images/s", better="higher",
                            note="192 px, bf16, batch 128, AGC on, eager"))
     best_layout = {"train.channels_last": nhwc > nchw}
     if not settings.quick:
@@ -479,7 +527,7 @@ def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
         value, baseline = paired(images_per_s(compiled),
                                  images_per_s(gpu_config(settings, model, **best_layout)), repeats,
                                  warmup=False)
-        results.append(_result(f"{model}_compiled_vs_eager", value, baseline, "images/s",
+        add(_result(f"{model}_compiled_vs_eager", value, baseline, "images/s",
                                better="higher", note="best layout"))
         best = max(value, baseline)
     else:
@@ -488,7 +536,7 @@ def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
     peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
     if peak is not None:
         mfu = 6 * macs * best / peak
-        results.append(_result(f"{model}_mfu", mfu, MFU_TARGET, "fraction", better="higher",
+        add(_result(f"{model}_mfu", mfu, MFU_TARGET, "fraction", better="higher",
                                on="value", target=MFU_TARGET,
                                note=f"6 × {macs / 1e9:.2f} GMACs × images/s / {peak / 1e12:.0f} TFLOP/s ({name})"))
     try:
@@ -500,7 +548,7 @@ def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
             log("nfnet_f0 vs timm dm_nfnet_f0")
             config = gpu_config(settings, model, **best_layout)
             value, baseline = paired(images_per_s(config), timm_images_per_s(config), repeats)
-            results.append(_result("nfnet_f0_vs_timm", value, baseline, "images/s", better="higher",
+            add(_result("nfnet_f0_vs_timm", value, baseline, "images/s", better="higher",
                                    target=2.0, note="same batch, bf16, AGC 0.01, layout; timm eager"))
     return results
 
@@ -521,7 +569,8 @@ def host_info(device: torch.device) -> dict[str, Any]:
 
 
 def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool = False,
-              log: Callable[[str], None] = lambda _: None, threads: int | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda _: None, threads: int | None = None,
+              compile: bool = False) -> dict[str, Any]:
     """Measure every figure; the result is what ``nfstudy bench --json`` prints.
 
     Args:
@@ -533,6 +582,7 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         log: receives a line as each figure starts.
         threads: ``torch.set_num_threads`` for the whole bench; ``None`` keeps torch's default
             (one per core). On a shared, oversubscribed CPU one thread gives steadier numbers.
+        compile: also measure ``train.compile`` on the training figures' model.
 
     Returns:
         ``{"device", "host", "quick", "results": [{"name", "value", "baseline", "ratio",
@@ -553,7 +603,7 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         if threads < 1:
             raise ConfigError(f"bench --threads: got {threads}; allowed: an integer >= 1")
         torch.set_num_threads(threads)
-    settings = Settings(torch.device(device), model, quick)
+    settings = Settings(torch.device(device), model, quick, compile and not quick)
     results = cpu_figures(settings, log)
     if settings.device.type == "cuda":
         results += gpu_figures(settings, log)

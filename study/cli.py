@@ -14,7 +14,7 @@ import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from typer.exceptions import TyperException
 
@@ -388,13 +388,17 @@ def bench(
         print(json.dumps(out))
         return
     host = out["host"]
-    table = Table("figure", "value", "baseline", "unit", "ratio", "target", "ok", "note",
+    table = Table(*(Column(h, no_wrap=True, justify="left" if h in ("figure", "unit", "target") else "right")
+                    for h in ("figure", "value", "baseline", "unit", "ratio", "target", "ok")),
                   title=f"nfstudy bench on {out['device']} (torch {host['torch']}, {host['threads']} threads, "
                         f"load {host['load_average']}, {host['date']})")
     for r in out["results"]:
         table.add_row(r["name"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3f}",
-                      r["target"], {True: "yes", False: "NO", None: ""}[r["ok"]], r["note"])
-    console.print(table)
+                      r["target"], {True: "yes", False: "NO", None: ""}[r["ok"]])
+    Console(width=max(console.width, 110)).print(table)  # logs and pipes get the whole table
+    for r in out["results"]:
+        if r["note"]:
+            console.print(f"  {r['name']}: {r['note']}", markup=False, highlight=False)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
