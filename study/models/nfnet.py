@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from study.errors import ConfigError
+from study.models._options import resolve_options
 from study.models._registry import register_model
 from study.models.layers import (
     BranchTap,
@@ -153,18 +154,12 @@ class NFNet(nn.Module):
         skipinit: bool | None = None,
     ) -> None:
         super().__init__()
-        nf = config.normalization == "nf"
-        if skipinit and not nf:
-            raise ConfigError("skipinit: got True; BatchNorm twins have no SkipInit gains")
-        skipinit = nf if skipinit is None else skipinit
-        dropout = config.dropout if dropout is None else dropout
-        stochastic_depth = config.stochastic_depth if stochastic_depth is None else stochastic_depth
+        options = resolve_options(config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
+                                  stochastic_depth=stochastic_depth, skipinit=skipinit)
+        nf, skipinit = options.nf, options.skipinit
+        dropout, stochastic_depth = options.dropout, options.stochastic_depth
         self.config = config
-        self.default_config = dict(
-            train_image_size=config.train_image_size, test_image_size=config.test_image_size,
-            dropout=dropout, stochastic_depth=stochastic_depth, num_classes=num_classes,
-            in_chans=in_chans,
-        )
+        self.default_config = options.default_config
         conv = functools.partial(
             create_conv2d, weight_standardization=config.weight_standardization, bias=nf
         )
