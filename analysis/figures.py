@@ -98,8 +98,10 @@ def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: 
         xs = stats[x].map(where).to_numpy(dtype=float)
         label = f"{hue} = {values[0]}" if hue else y
         ax.plot(xs, stats["mean"], marker="o", color=color, label=label)
-        ax.fill_between(xs, stats["low"].astype(float), stats["high"].astype(float), color=color, alpha=0.2,
-                        linewidth=0)
+        low, high = stats["low"].astype(float), stats["high"].astype(float)
+        if y.endswith("top1"):  # an accuracy's band is drawn inside [0, 1]; the tables keep the raw CI
+            low, high = low.clip(lower=0.0), high.clip(upper=1.0)
+        ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
         diverged = rows[rows.get("outcome") == DIVERGED]
         diverged_marks.append((diverged[x].map(where).to_numpy(dtype=float), color))
     for xs, color in diverged_marks:

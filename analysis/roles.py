@@ -94,7 +94,7 @@ def mapping_caption(frame: pd.DataFrame) -> str | None:
     paper batch (``data.batch_size``) or a fixed step budget (``train.steps``) was set.
 
     Returns:
-        e.g. ``"paper batch → real batch 256 → 64, 4096 → 64; lr 0.1, 1.6; 300 steps"``.
+        e.g. ``"paper batch → real batch 256 → 64, 4096 → 64; peak lr 0.1, 1.6; 300 steps"``.
     """
     mapped = DEVICE_BATCH in frame.columns and BATCH in frame.columns and (
         frame[DEVICE_BATCH].map(str) != frame[BATCH].map(str)
@@ -106,10 +106,13 @@ def mapping_caption(frame: pd.DataFrame) -> str | None:
     parts = []
     if mapped:
         pairs = dict(group_rows(frame, [BATCH, DEVICE_BATCH])).keys()
-        parts.append("paper batch → real batch " + ", ".join(f"{b} → {d}" for b, d in pairs))
-    if LR in frame.columns:
-        lrs = [values[0] for values, _ in group_rows(frame, [LR])]
-        parts.append("lr " + ", ".join(f"{lr:g}" if isinstance(lr, float) else str(lr) for lr in lrs))
+        # The batch drawn per step is the paper batch capped by data.device_batch_size.
+        parts.append("paper batch → real batch " + ", ".join(
+            f"{b} → {b if _is_off(d) else min(int(b), int(d))}" for b, d in pairs))
+    if LR in frame.columns and BATCH in frame.columns:
+        # The optimizer's peak lr: optim.lr per 256 images times the paper batch (DESIGN.md).
+        lrs = sorted({float(lr) * float(b) / 256 for (lr, b), _ in group_rows(frame, [LR, BATCH])})
+        parts.append("peak lr " + ", ".join(f"{lr:g}" for lr in lrs))
     if steps:
         parts.append(", ".join(f"{int(s)}" for s in sorted(steps)) + " steps")
     return "; ".join(parts)
