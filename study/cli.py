@@ -439,4 +439,9 @@ def _one_line(message: str) -> str:
 
 
 def entry() -> None:
+    import signal
+
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: restore it, so Ctrl-C (or `kill -INT`) always stops a run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

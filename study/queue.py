@@ -171,11 +171,18 @@ def open_storage(url: str, *, create: bool) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(path.with_name(path.name + ".lock"))))
     if kind == "sqlite":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # Workers never create the schema (concurrent creation races): the coordinator does.
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, skip_table_creation=not create)
-    except Exception as err:  # SQLAlchemy raises many types for an unusable database
-        raise TrackingError(f"--storage '{_redact(url)}' is not usable: {_first_line(err)}") from None
+    for attempt in range(3):
+        try:
+            # Workers never create the schema (concurrent creation races): the coordinator does.
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, skip_table_creation=not create)
+        except Exception as err:  # SQLAlchemy raises many types for an unusable database
+            # Another process creating the same tables at this moment makes PostgreSQL answer
+            # with a unique violation on its catalogue; once it is done, a retry finds them.
+            if create and attempt < 2 and "UniqueViolation" in str(err):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise TrackingError(f"--storage '{_redact(url)}' is not usable: {_first_line(err)}") from None
+    raise AssertionError("unreachable")
 
 
 @cache

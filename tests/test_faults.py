@@ -24,9 +24,10 @@ from study.queue import RunQueue
 REPO = Path(__file__).resolve().parents[1]
 
 
-def grid_study(study_file, name: str, clippings: int, seeds: int = 2) -> Path:
+def grid_study(study_file, name: str, clippings: int, seeds: int = 2, steps: int | None = None) -> Path:
     values = ", ".join(str(0.01 * (i + 1)) for i in range(clippings))
-    return study_file(f"name: {name}\nbase: presets/smoke.yaml\ngrid:\n  agc.clipping: [{values}]\n"
+    fixed = f"fixed: {{train.steps: {steps}}}\n" if steps else ""
+    return study_file(f"name: {name}\nbase: presets/smoke.yaml\n{fixed}grid:\n  agc.clipping: [{values}]\n"
                       f"seeds: {list(range(seeds))}\n", name=f"{name}.yaml")
 
 
@@ -159,7 +160,8 @@ def test_eight_workers_on_a_fresh_store(study_file, nfstudy_home):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(study_file, nfstudy_home):
-    path = grid_study(study_file, "ctrl-c", clippings=2)
+    # Runs of a few seconds each, so the signal lands mid-run even on a fast, idle machine.
+    path = grid_study(study_file, "ctrl-c", clippings=2, steps=600)
     coordinator = start("run", str(path), "--workers", "2")
     running_trials("ctrl-c")
     coordinator.send_signal(signal.SIGINT)
