@@ -339,7 +339,7 @@ def report(
                                    config_hashes={r.config_hash for r in runs})
         console.print(f"{spec.name}: {written.get('html', out)}")
     if all_:
-        console.print(f"index: {build_index(paths.home() / 'reports', [load_study(n) for n in names])}")
+        console.print(f"index: {build_index(paths.home() / 'reports', names)}")
 
 
 def _signal_propagation(spec):

@@ -161,7 +161,7 @@ def test_eight_workers_on_a_fresh_store(study_file, nfstudy_home):
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(study_file, nfstudy_home):
     # Runs of a few seconds each, so the signal lands mid-run even on a fast, idle machine.
-    path = grid_study(study_file, "ctrl-c", clippings=2, steps=600)
+    path = grid_study(study_file, "ctrl-c", clippings=2, steps=200)
     coordinator = start("run", str(path), "--workers", "2")
     running_trials("ctrl-c")
     coordinator.send_signal(signal.SIGINT)
@@ -170,7 +170,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(study_file, nfstudy_home)
     runs = child_runs(local_uri(nfstudy_home), "ctrl-c")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert any(r.info.status == "KILLED" for r in runs)
-    code, out = finish(start("run", str(path)))
+    code, out = finish(start("run", str(path), "--workers", "2"))
     assert code == 0, out
     assert_exactly_once(local_uri(nfstudy_home), "ctrl-c", 4)
 

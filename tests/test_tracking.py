@@ -76,3 +76,13 @@ def test_another_study_reuses_a_finished_config(study_file, capsys):
     source = client.get_run(copies[0].data.tags["nfstudy.copied_from"])
     assert source.data.tags["nfstudy.config_hash"] == copies[0].data.tags["nfstudy.config_hash"]
     assert copies[0].data.metrics["test/top1"] == source.data.metrics["test/top1"]
+
+
+def test_report_all_writes_every_report_and_an_index(study_file, capsys, monkeypatch):
+    path = study_file(STUDY)
+    monkeypatch.setenv("NFSTUDY_EXPERIMENTS", str(path.parent))
+    assert main(["run", "tiny"]) == 0
+    assert main(["report", "--all"]) == 0
+    reports = paths.home() / "reports"
+    assert (reports / "tiny" / "report.html").is_file() and (reports / "tiny" / "report.md").is_file()
+    assert "tiny" in (reports / "index.html").read_text()
