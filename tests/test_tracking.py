@@ -79,7 +79,12 @@ def test_another_study_reuses_a_finished_config(study_file, capsys):
 
 
 def test_report_all_writes_every_report_and_an_index(study_file, capsys, monkeypatch):
+    import shutil
+
+    from study.registry import experiments_dir
+
     path = study_file(STUDY)
+    shutil.copytree(experiments_dir() / "presets", path.parent / "presets")
     monkeypatch.setenv("NFSTUDY_EXPERIMENTS", str(path.parent))
     assert main(["run", "tiny"]) == 0
     assert main(["report", "--all"]) == 0
