@@ -313,3 +313,19 @@ class BranchTap(nn.Identity):
     Every residual block holds one as ``branch_tap`` and an int attribute ``stage``;
     :func:`study.models.spp.signal_propagation` finds blocks by it and hooks both.
     """
+
+
+def residual_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The NF residual step h + α · f(h / β) (PAPER.md §2), shared by every block type.
+
+    ``block`` has ``preact`` (γ-scaled activation, or BN + act in a twin), ``beta`` (1/β,
+    applied after the activation as the official code does), ``shortcut`` (``None`` for
+    identity; it sees the pre-activated, downscaled input), ``branch``, ``branch_tap``,
+    ``stochastic_depth``, ``skipinit_gain`` (``None`` when off) and ``alpha``.
+    """
+    out = block.preact(x) * block.beta
+    shortcut = x if block.shortcut is None else block.shortcut(out)
+    branch = block.stochastic_depth(block.branch_tap(block.branch(out)))
+    if block.skipinit_gain is not None:
+        branch = branch * block.skipinit_gain
+    return shortcut + block.alpha * branch

@@ -41,6 +41,7 @@ from study.models.layers import (
     create_conv2d,
     create_norm_act,
     init_classifier_,
+    residual_forward,
     skipinit_gain,
 )
 
@@ -139,12 +140,7 @@ class PreActBlock(nn.Module):
         self.skipinit_gain = skipinit_gain(skipinit and nf)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.preact(x) * self.beta
-        shortcut = x if self.shortcut is None else self.shortcut(out)
-        branch = self.stochastic_depth(self.branch_tap(self.branch(out)))
-        if self.skipinit_gain is not None:
-            branch = branch * self.skipinit_gain
-        return shortcut + self.alpha * branch
+        return residual_forward(self, x)
 
 
 class PreActResNet(nn.Module):
