@@ -176,9 +176,9 @@ def open_storage(url: str, *, create: bool) -> BaseStorage:
             # Workers never create the schema (concurrent creation races): the coordinator does.
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, skip_table_creation=not create)
         except Exception as err:  # SQLAlchemy raises many types for an unusable database
-            # Another process creating the same tables at this moment makes PostgreSQL answer
-            # with a unique violation on its catalogue; once it is done, a retry finds them.
-            if create and attempt < 2 and "UniqueViolation" in str(err):
+            # Another process creating the same tables at this moment makes PostgreSQL (or
+            # SQLite) answer with a unique violation; once it is done, a retry finds them.
+            if create and attempt < 2 and ("UniqueViolation" in str(err) or "IntegrityError" in str(err)):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise TrackingError(f"--storage '{_redact(url)}' is not usable: {_first_line(err)}") from None

@@ -44,7 +44,6 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -179,21 +178,13 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
 
     Raises:
         TrackingError: the storage cannot be opened (one line naming the URL).
+        ConfigError: a URL of an unsupported kind.
     """
-    url = paths.optuna_storage(url)
-    try:
-        if "://" not in url:
-            from optuna.storages.journal import JournalFileBackend
+    from study.queue import open_storage as _open
 
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(url))
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url)
-    except Exception as err:  # SQLAlchemy, drivers and Optuna raise many types here
-        text = str(err).strip().splitlines()
-        raise TrackingError(f"--storage '{url}': cannot open the Optuna storage: "
-                            f"{text[0][:300] if text else type(err).__name__}") from None
+    # The queue's opener: journal files with a kill-safe lock, RDB schema creation that
+    # survives another process creating the same tables, credentials redacted in errors.
+    return _open(paths.optuna_storage(url), create=True)
 
 
 def make_sampler(search: SearchSpec, space: dict[str, Distribution | list[Any]], seed: int) -> optuna.samplers.BaseSampler:
