@@ -38,18 +38,31 @@ def render(html_path, png_path, *, width: int = 1280, height: int = 2400, chromi
         FileNotFoundError: Chromium or the HTML file is missing.
         RuntimeError: Chromium exited without writing the PNG (its stderr is in the message).
     """
-    html_file, png_file = Path(html_path).resolve(), Path(png_path).resolve()
+    html_file = Path(html_path).resolve()
     if not html_file.exists():
         raise FileNotFoundError(f"html_path: {html_file} does not exist")
+    return shoot(html_file.as_uri(), png_path, width=width, height=height, chromium=chromium, timeout_s=timeout_s)
+
+
+def shoot(url: str, png_path, *, width: int, height: int, chromium: str = CHROMIUM, timeout_s: float = 120.0,
+          flags: tuple[str, ...] = ()) -> Path:
+    """Headless Chromium screenshot of ``url`` into ``png_path`` (a throw-away profile, no
+    sandbox, background networking off); ``flags`` are added to Chromium's command line.
+
+    Raises:
+        FileNotFoundError: Chromium is missing.
+        RuntimeError: Chromium exited without writing the PNG (its stderr is in the message).
+    """
     if shutil.which(chromium) is None:
         raise FileNotFoundError(f"chromium: {chromium!r} not found; install it with `apt-get install -y chromium`")
+    png_file = Path(png_path).resolve()
     png_file.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="nfstudy-chromium-") as profile:
         completed = subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png_file}",
-             f"--window-size={width},{height}", html_file.as_uri()],
+             "--hide-scrollbars", f"--user-data-dir={profile}", *flags, f"--screenshot={png_file}",
+             f"--window-size={width},{height}", url],
             capture_output=True, text=True, timeout=timeout_s, check=False,
         )
     if not png_file.exists():

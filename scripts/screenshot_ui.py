@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
+from render_report import CHROMIUM, shoot  # scripts/ is on sys.path when run as a script
 
 
 def experiment_id(ui_url: str, study: str) -> str:
@@ -51,21 +49,8 @@ def screenshot(page_url: str, png_path, *, width: int = 1400, height: int = 900,
         FileNotFoundError: Chromium is missing.
         RuntimeError: Chromium wrote no PNG (its stderr is in the message).
     """
-    if not Path(chromium).exists():
-        raise FileNotFoundError(f"{chromium} not found; install chromium (Debian: apt-get install -y chromium)")
-    png = Path(png_path).resolve()
-    png.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="nfstudy-chromium-") as profile:
-        done = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-             f"--screenshot={png}", f"--window-size={width},{height}", page_url],
-            capture_output=True, text=True, timeout=timeout_s,
-        )
-    if not png.exists():
-        raise RuntimeError(f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}")
-    return png
+    return shoot(page_url, png_path, width=width, height=height, chromium=chromium, timeout_s=timeout_s,
+                 flags=(f"--virtual-time-budget={budget_ms}",))
 
 
 def main(argv: list[str] | None = None) -> int:
