@@ -372,7 +372,7 @@ def bench(
     device: str = typer.Option("cpu", help="cpu or cuda: where every figure is measured."),
     model: str = typer.Option("nf_resnet_small", help="Model of the training figures (CUDA: NFNet-F0 unless set)."),
     quick: bool = typer.Option(False, "--quick", help="Seconds-long smoke mode (tests); numbers not meaningful."),
-    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: torch's)."),
+    threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: 1 on cpu, torch's on cuda)."),
     compile_: bool = typer.Option(False, "--compile", help="Also measure train.compile (a minute of compilation on a CPU)."),
 ) -> None:
     """What the framework costs: each figure a ratio against a baseline measured in this run."""
@@ -391,7 +391,7 @@ def bench(
     table = Table(*(Column(h, no_wrap=True, justify="left" if h in ("figure", "unit", "target") else "right")
                     for h in ("figure", "value", "baseline", "unit", "ratio", "target", "ok")),
                   title=f"nfstudy bench on {out['device']} (torch {host['torch']}, {host['threads']} threads, "
-                        f"load {host['load_average']}, {host['date']})")
+                        f"load {host['load_average']}, {host['date']}, {host['wall_s']:.0f} s)")
     for r in out["results"]:
         table.add_row(r["name"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3f}",
                       r["target"], {True: "yes", False: "NO", None: ""}[r["ok"]])

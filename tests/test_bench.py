@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from study.bench import paired
+from study.bench import interleaved, paired
 from study.cli import main
 
 REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_step_overhead", "sam_fraction",
@@ -19,7 +19,7 @@ def test_quick_json_has_every_required_figure_with_positive_numbers(capsys):
     assert main(["bench", "--json", "--quick", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
     assert out["device"] == "cpu"
-    assert out["host"]["torch"] and out["host"]["threads"] == 1
+    assert out["host"]["torch"] and out["host"]["threads"] == 1 and out["host"]["wall_s"] > 0
     names = [r["name"] for r in out["results"]]
     assert REQUIRED <= set(names)
     assert len(names) == len(set(names))
@@ -37,6 +37,21 @@ def test_paired_alternates_order_and_takes_medians():
                              lambda: calls.append("b") or next(b), repeats=3)
     assert (value, baseline) == (2.0, 20.0)  # warm-ups discarded
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_interleaved_rotates_the_order_and_takes_medians_of_each_value():
+    calls = []
+
+    def measure(name, values):
+        values = iter(values)
+        return lambda: calls.append(name) or next(values)
+
+    medians = interleaved({"a": measure("a", [{"step": 1.0, "run": 9.0}, {"step": 3.0, "run": 7.0},
+                                              {"step": 2.0, "run": 8.0}]),
+                           "b": measure("b", [{"step": 10.0}, {"step": 30.0}, {"step": 20.0}]),
+                           "c": measure("c", [{"run": 5.0}, {"run": 4.0}, {"run": 6.0}])}, repeats=3)
+    assert medians == {"a": {"step": 2.0, "run": 8.0}, "b": {"step": 20.0}, "c": {"run": 5.0}}
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
 
 
 @pytest.mark.parametrize("args, message", [
