@@ -36,13 +36,17 @@ CPU figures (the default small net on digits, batch 128 at 16 px, as the digits 
 CUDA figures (``--device cuda``): NFNet-F0 at 192 px in bf16 on random data: images/s of
 NHWC against NCHW, compiled against eager, the model FLOP utilisation (training FLOPs ≈ 6 ×
 MACs per image, against the GPU's dense bf16 peak), and, when timm is installed (extra
-``bench``), our NFNet-F0 against timm's ``dm_nfnet_f0`` in a bare loop with timm's AGC.
+``bench``), our NFNet-F0 against timm's ``dm_nfnet_f0`` in a bare loop with timm's AGC. Then
+the ``cifar10`` preset: ``cifar10_images_per_s`` (bf16 against fp32, FakeData of CIFAR's
+shape) and, with a local CIFAR-10 copy, ``cifar10_seconds_to_94``: seconds from the call to
+the first epoch at 94% validation top-1, against the whole run's seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -483,13 +487,13 @@ def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
 
 # --------------------------------------------------------------------------- CUDA figures
 
-def gpu_config(settings: Settings, model: str, **overrides: Any):
-    """NFNet-F0 (or ``--model``) at 192 px, bf16, batch 128, on random images on the GPU."""
+def gpu_config(settings: Settings, model: str, image_size: int = 192, **overrides: Any):
+    """NFNet-F0 (or ``--model``) at 192 px, bf16, batch 128, on random images on the device."""
     from study.spec import make_config
 
     batch = 32 if settings.quick else 128
     steps_per_epoch = 2 if settings.quick else 10
-    base = {"model.name": model, "data.name": "fake", "data.image_size": 192,
+    base = {"model.name": model, "data.name": "fake", "data.image_size": image_size,
             "data.num_examples": batch * steps_per_epoch, "data.batch_size": batch,
             "data.crop_pad": 0, "train.steps": 2 * steps_per_epoch if settings.quick else 30,
             "train.precision": "bf16", "train.device": str(settings.device),
@@ -521,7 +525,7 @@ def timm_images_per_s(config) -> Callable[[], float]:
         for epoch in range(3):
             start = time.perf_counter()
             for x, y in data.train:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast(device.type, dtype=torch.bfloat16):
                     loss = F.cross_entropy(model(x).float(), y)
                 loss.backward()
                 adaptive_clip_grad(model.parameters(), clip_factor=config.agc.clipping)
@@ -534,41 +538,47 @@ def timm_images_per_s(config) -> Callable[[], float]:
     return measure
 
 
-def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
-    """Throughput and MFU of NFNet-F0 (``--model`` if it is an ImageNet model) on a GPU."""
+def gpu_figures(settings: Settings, log: Callable[[str], None], model: str | None = None,
+                image_size: int = 192) -> list[Result]:
+    """Throughput and MFU of NFNet-F0 (``--model`` if it is an ImageNet model) on a GPU.
+
+    ``model`` and ``image_size`` let a test run the same path on a CPU with a small net
+    (no MFU there: no known peak)."""
     from study.models import build_model, count_macs
 
-    model = settings.model if settings.model != "nf_resnet_small" else "nfnet_f0"
+    if model is None:
+        model = settings.model if settings.model != "nf_resnet_small" else "nfnet_f0"
     with torch.device("meta"):
-        macs = count_macs(build_model(model, num_classes=10), 192)  # fake data: 10 classes
+        macs = count_macs(build_model(model, num_classes=10), image_size)  # fake data: 10 classes
+    config = functools.partial(gpu_config, settings, model, image_size)
     repeats = settings.repeats
     results: list[Result] = []
     add = _collector(results, log)
     log(f"{model} NHWC vs NCHW")
-    nhwc, nchw = paired(images_per_s(gpu_config(settings, model, **{"train.channels_last": True})),
-                        images_per_s(gpu_config(settings, model)), repeats)
+    nhwc, nchw = paired(images_per_s(config(**{"train.channels_last": True})),
+                        images_per_s(config()), repeats)
     add(_result(f"{model}_nhwc_vs_nchw", nhwc, nchw, "images/s", better="higher",
-                           note="192 px, bf16, batch 128, AGC on, eager"))
+                note=f"{image_size} px, bf16, batch {config().real_batch_size}, AGC on, eager"))
     best_layout = {"train.channels_last": nhwc > nchw}
     if not settings.quick:
         log(f"{model} compiled vs eager")
-        compiled = gpu_config(settings, model, **best_layout, **{"train.compile": True})
+        compiled = config(**best_layout, **{"train.compile": True})
         images_per_s(compiled)()  # compilation, outside the timing
         value, baseline = paired(images_per_s(compiled),
-                                 images_per_s(gpu_config(settings, model, **best_layout)), repeats,
+                                 images_per_s(config(**best_layout)), repeats,
                                  warmup=False)
         add(_result(f"{model}_compiled_vs_eager", value, baseline, "images/s",
-                               better="higher", note="best layout"))
+                    better="higher", note="best layout"))
         best = max(value, baseline)
     else:
         best = max(nhwc, nchw)
-    name = torch.cuda.get_device_name(settings.device)
+    name = torch.cuda.get_device_name(settings.device) if settings.device.type == "cuda" else ""
     peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
     if peak is not None:
         mfu = 6 * macs * best / peak
         add(_result(f"{model}_mfu", mfu, MFU_TARGET, "fraction", better="higher",
-                               on="value", target=MFU_TARGET,
-                               note=f"6 × {macs / 1e9:.2f} GMACs × images/s / {peak / 1e12:.0f} TFLOP/s ({name})"))
+                    on="value", target=MFU_TARGET,
+                    note=f"6 × {macs / 1e9:.2f} GMACs × images/s / {peak / 1e12:.0f} TFLOP/s ({name})"))
     try:
         import timm  # noqa: F401
     except ImportError:
@@ -576,10 +586,73 @@ def gpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
     else:
         if model == "nfnet_f0":
             log("nfnet_f0 vs timm dm_nfnet_f0")
-            config = gpu_config(settings, model, **best_layout)
-            value, baseline = paired(images_per_s(config), timm_images_per_s(config), repeats)
+            same = config(**best_layout)
+            value, baseline = paired(images_per_s(same), timm_images_per_s(same), repeats)
             add(_result("nfnet_f0_vs_timm", value, baseline, "images/s", better="higher",
-                                   target=2.0, note="same batch, bf16, AGC 0.01, layout; timm eager"))
+                        target=2.0, note="same batch, bf16, AGC 0.01, layout; timm eager"))
+    return results
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+CIFAR_TARGET_TOP1 = 0.94
+
+
+def cifar_config(settings: Settings, root: str | None, **overrides: Any):
+    """The ``cifar10`` preset on ``settings.device`` (its own ``data.root`` unless ``root``)."""
+    from study.registry import load_preset
+    from study.spec import make_config
+
+    values = {**load_preset("cifar10"), "train.device": str(settings.device), **overrides}
+    if root is not None:
+        values["data.root"] = root
+    return make_config(values, where="bench")
+
+
+def cifar_figures(settings: Settings, log: Callable[[str], None], root: str | None = None,
+                  **overrides: Any) -> list[Result]:
+    """The CIFAR-10 NF-ResNet preset (issue 8): its throughput in bf16 against fp32 on
+    FakeData of CIFAR's shape (images on the device either way), and, when a local copy of
+    CIFAR-10 is at ``root`` (default: the preset's ``data.root``), the seconds from the call
+    to the first epoch whose validation top-1 reaches 94%, against the whole run's seconds.
+    ``overrides`` (e.g. ``train.steps``) shorten the runs for tests."""
+    from study.data.cifar import load_cifar
+    from study.errors import DataError
+    from study.trainer import train
+
+    results: list[Result] = []
+    add = _collector(results, log)
+    real = cifar_config(settings, root, **overrides)
+    fake = {"data.name": "fake", "data.image_size": 32, "data.num_examples": 10 * real.real_batch_size,
+            "data.crop_pad": 0, "train.steps": 20, **overrides}
+    log("cifar10 preset throughput (FakeData 32 px)")
+    bf16, fp32 = paired(images_per_s(cifar_config(settings, root, **fake)),
+                        images_per_s(cifar_config(settings, root, **fake, **{"train.precision": "fp32"})),
+                        settings.repeats, warmup=not settings.quick)
+    add(_result("cifar10_images_per_s", bf16, fp32, "images/s", better="higher",
+                note=f"{real.model.resolved_name}, batch {real.real_batch_size}, bf16 vs fp32"))
+    try:
+        load_cifar("cifar10", real.data.root, False, "cpu")
+    except DataError as err:
+        log(f"no local CIFAR-10 ({str(err).splitlines()[0]}): no time to {CIFAR_TARGET_TOP1:.0%}")
+        return results
+    log(f"cifar10 preset to {CIFAR_TARGET_TOP1:.0%} (data in {real.data.root})")
+    reached: list[float] = []
+    start = time.perf_counter()
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if not reached and metrics["val/top1"] >= CIFAR_TARGET_TOP1:
+            _sync(settings.device)
+            reached.append(time.perf_counter() - start)
+
+    result = train(real, on_epoch=on_epoch)
+    total = time.perf_counter() - start
+    value = reached[0] if reached else total
+    results.append(Result(
+        "cifar10_seconds_to_94", value, total, value / total, "s", target=f"val top-1 >= {CIFAR_TARGET_TOP1:g}",
+        ok=bool(reached), note=f"{'reached' if reached else 'not reached'}; whole run {total:.1f} s, "
+        f"{result['steps']} steps, test top-1 {result['test/top1']:.4f}"))
+    log(f"  cifar10_seconds_to_94: {value:.1f} s of {total:.1f} s, test top-1 {result['test/top1']:.4f}")
     return results
 
 
@@ -600,7 +673,7 @@ def host_info(device: torch.device) -> dict[str, Any]:
 
 def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool = False,
               log: Callable[[str], None] = lambda _: None, threads: int | None = None,
-              compile: bool = False) -> dict[str, Any]:
+              compile: bool = False, cifar_root: str | None = None) -> dict[str, Any]:
     """Measure every figure; the result is what ``nfstudy bench --json`` prints.
 
     Args:
@@ -615,6 +688,8 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
             and with several threads that time counts OpenMP threads spinning at every
             barrier: one thread measures the work (2 threads on 2 cores scattered them ±5%).
         compile: also measure ``train.compile`` on the training figures' model.
+        cifar_root: a local CIFAR-10 copy for ``cifar10_seconds_to_94`` (CUDA only; default:
+            the ``cifar10`` preset's ``data.root``).
 
     Returns:
         ``{"device", "host", "quick", "results": [{"name", "value", "baseline", "ratio",
@@ -644,6 +719,7 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         results = cpu_figures(settings, log)
         if settings.device.type == "cuda":
             results += gpu_figures(settings, log)
+            results += cifar_figures(settings, log, cifar_root)
         host["wall_s"] = round(time.perf_counter() - start, 1)
     finally:
         torch.set_num_threads(before)

@@ -374,6 +374,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Seconds-long smoke mode (tests); numbers not meaningful."),
     threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: 1 on cpu, torch's on cuda)."),
     compile_: bool = typer.Option(False, "--compile", help="Also measure train.compile (a minute of compilation on a CPU)."),
+    cifar_root: Optional[str] = typer.Option(None, help="Local CIFAR-10 copy for the time-to-94% figure (cuda; default: the cifar10 preset's data.root)."),
 ) -> None:
     """What the framework costs: each figure a ratio against a baseline measured in this run."""
     import json
@@ -383,7 +384,7 @@ def bench(
     def log(line: str) -> None:  # progress on stderr, so --json keeps stdout one object
         err_console.print(line if line.startswith(" ") else f"measuring {line}", markup=False, highlight=False)
 
-    out = run_bench(device, model, quick, log, threads, compile_)
+    out = run_bench(device, model, quick, log, threads, compile_, cifar_root)
     if json_:
         print(json.dumps(out))
         return

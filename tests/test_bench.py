@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from study.bench import interleaved, paired
+import torch
+
+from study.bench import Settings, cifar_figures, interleaved, paired
 from study.cli import main
 
 REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_step_overhead", "sam_fraction",
@@ -62,3 +64,31 @@ def test_interleaved_rotates_the_order_and_takes_medians_of_each_value():
 def test_bad_arguments_are_one_line_errors(capsys, args, message):
     assert main(["bench", "--quick", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains the cifar10 preset's net on a CPU for a few steps, three times
+def test_cifar_figures_measure_throughput_and_time_to_94_on_a_local_copy(tmp_path):
+    from cifar_files import write_cifar10  # tests/ is on sys.path under pytest
+
+    write_cifar10(tmp_path, per_batch=40, num_test=20)
+    lines = []
+    settings = Settings(torch.device("cpu"), "nf_resnet_small", quick=True)
+    results = {r.name: r for r in cifar_figures(settings, lines.append, str(tmp_path),
+                                                **{"data.device_batch_size": 8, "train.steps": 4})}
+    assert set(results) == {"cifar10_images_per_s", "cifar10_seconds_to_94"}
+    speed = results["cifar10_images_per_s"]
+    assert speed.value > 0 and speed.baseline > 0 and "nf_resnet_cifar" in speed.note
+    run = results["cifar10_seconds_to_94"]
+    assert 0 < run.value <= run.baseline and run.ok is (run.ratio < 1)  # noise data: ok only if reached
+    assert "test top-1" in run.note and "4 steps" in run.note
+
+
+@pytest.mark.slow  # the preset's net in bf16 on a CPU, with FakeData's 1,000 evaluation images
+def test_cifar_figures_without_a_local_copy_measure_throughput_only(tmp_path):
+    lines = []
+    settings = Settings(torch.device("cpu"), "nf_resnet_small", quick=True)
+    results = cifar_figures(settings, lines.append, str(tmp_path / "none"),
+                            **{"data.device_batch_size": 4, "data.batch_size": 4, "train.steps": 2,
+                               "data.num_examples": 8})
+    assert [r.name for r in results] == ["cifar10_images_per_s"]
+    assert any("no local CIFAR-10" in line and "none" in line for line in lines)

@@ -65,7 +65,8 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
         from study.data.cifar import load_cifar
 
         train_x, train_y, test_x, test_y, num_classes = load_cifar(cfg.name, cfg.root, cfg.download, device)
-        train, val = _split_off_val(train_x, train_y, num_val=5000)
+        # The official 5,000 validation images; a tenth of a smaller local copy.
+        train, val = _split_off_val(train_x, train_y, num_val=min(5000, len(train_y) // 10))
         splits = {"train": train, "val": val, "test": (test_x, test_y)}
         default_size = 32
     elif cfg.name == "fake":

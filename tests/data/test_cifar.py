@@ -1,45 +1,11 @@
-import pickle
-
 import numpy as np
 import pytest
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from cifar_files import to_rows, write, write_cifar10  # tests/ is on sys.path under pytest
 from study.data.cifar import cifar_mean_std, load_cifar
 from study.errors import DataError
-
-
-def _to_rows(images_hwc):
-    """(n, 32, 32, 3) -> the official (n, 3072) rows: all red, then green, then blue, row-major."""
-    return np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)).reshape(len(images_hwc), -1)
-
-
-def _write(path, obj):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)  # the official files are protocol-2 pickles with str keys
-
-
-def _write_cifar10(root, per_batch=2, num_test=3, seed=0):
-    """A tiny cifar-10-batches-py/ in the official layout; returns the HWC images and labels."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    train_x, train_y = [], []
-    for i in range(1, 6):
-        x = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
-        y = rng.integers(0, 10, per_batch).tolist()
-        files = [f"{i}_{k}.png" for k in range(per_batch)]
-        _write(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": y,
-                                            "data": _to_rows(x), "filenames": files})
-        train_x.append(x)
-        train_y += y
-    test_x = rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8)
-    test_y = rng.integers(0, 10, num_test).tolist()
-    _write(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": test_y,
-                                   "data": _to_rows(test_x), "filenames": ["t.png"] * num_test})
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    _write(folder / "batches.meta", {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072})
-    return np.concatenate(train_x), np.array(train_y), test_x, np.array(test_y)
 
 
 def _write_cifar100(root, num_train=4, num_test=2, seed=1):
@@ -50,16 +16,16 @@ def _write_cifar100(root, num_train=4, num_test=2, seed=1):
     for split, n in (("train", num_train), ("test", num_test)):
         x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         fine = rng.integers(0, 100, n).tolist()
-        _write(folder / split, {"filenames": ["x.png"] * n, "batch_label": split, "fine_labels": fine,
-                                "coarse_labels": [f // 5 for f in fine], "data": _to_rows(x)})
+        write(folder / split, {"filenames": ["x.png"] * n, "batch_label": split, "fine_labels": fine,
+                                "coarse_labels": [f // 5 for f in fine], "data": to_rows(x)})
         splits[split] = (x, np.array(fine))
-    _write(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)],
+    write(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)],
                              "coarse_label_names": [f"s{i}" for i in range(20)]})
     return splits
 
 
 def test_cifar10_pixels_labels_and_shapes(tmp_path):
-    train_x, train_y, test_x, test_y = _write_cifar10(tmp_path)
+    train_x, train_y, test_x, test_y = write_cifar10(tmp_path)
     tx, ty, vx, vy, num_classes = load_cifar("cifar10", tmp_path, False, "cpu")
     assert num_classes == 10
     assert tx.shape == (10, 3, 32, 32) and tx.dtype == torch.uint8
@@ -72,7 +38,7 @@ def test_cifar10_pixels_labels_and_shapes(tmp_path):
 
 @pytest.mark.parametrize("name, dataset", [("cifar10", CIFAR10), ("cifar100", CIFAR100)])
 def test_agrees_with_torchvisions_reader(tmp_path, name, dataset):
-    (_write_cifar10 if name == "cifar10" else _write_cifar100)(tmp_path)
+    (write_cifar10 if name == "cifar10" else _write_cifar100)(tmp_path)
 
     class WithoutChecksums(dataset):  # torchvision's own parser; tiny files cannot match its md5s
         train_list = [[f, None] for f, _ in dataset.train_list]
@@ -105,19 +71,19 @@ def test_missing_directory_names_the_path_and_the_fix(tmp_path):
 
 
 def test_incomplete_directory_names_the_missing_file(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(DataError, match="data_batch_3"):
         load_cifar("cifar10", tmp_path, False, "cpu")
 
 
 def test_download_is_skipped_when_the_files_are_there(tmp_path):
-    _write_cifar10(tmp_path)  # no network here: a download attempt would fail the test
+    write_cifar10(tmp_path)  # no network here: a download attempt would fail the test
     assert load_cifar("cifar10", tmp_path, True, "cpu")[0].shape[0] == 10
 
 
 def test_truncated_file_raises_data_error(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(DataError, match="test_batch"):
@@ -125,8 +91,8 @@ def test_truncated_file_raises_data_error(tmp_path):
 
 
 def test_foreign_file_raises_data_error(tmp_path):
-    _write_cifar10(tmp_path)
-    _write(tmp_path / "cifar-10-batches-py" / "data_batch_1", {"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]})
+    write_cifar10(tmp_path)
+    write(tmp_path / "cifar-10-batches-py" / "data_batch_1", {"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]})
     with pytest.raises(DataError, match="3072"):
         load_cifar("cifar10", tmp_path, False, "cpu")
 
