@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from study.bench import Settings, cifar_figures, interleaved, paired
+from study.bench import Settings, cifar_figures, gpu_figures, interleaved, paired
 from study.cli import main
 
 REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_step_overhead", "sam_fraction",
@@ -92,3 +92,13 @@ def test_cifar_figures_without_a_local_copy_measure_throughput_only(tmp_path):
                                "data.num_examples": 8})
     assert [r.name for r in results] == ["cifar10_images_per_s"]
     assert any("no local CIFAR-10" in line and "none" in line for line in lines)
+
+
+def test_throughput_figures_run_on_a_cpu_with_a_small_net():
+    """The CUDA figures' code path (layouts, bf16 autocast, step timing), minus the MFU, which
+    needs a known GPU peak."""
+    lines = []
+    settings = Settings(torch.device("cpu"), "nf_resnet_small", quick=True)
+    results = gpu_figures(settings, lines.append, model="nf_resnet_small", image_size=16)
+    assert [r.name for r in results] == ["nf_resnet_small_nhwc_vs_nchw"]
+    assert results[0].value > 0 and results[0].baseline > 0 and "16 px" in results[0].note
