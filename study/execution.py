@@ -124,16 +124,27 @@ def worker_env(index: int, workers: int, gpus: list[str], nproc_per_node: int = 
     return env
 
 
+def worker_process(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking,
+                   nproc_per_node: int = 1) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment of local worker ``index``. The storage URL and tracking
+    URI travel in the environment (``$NFSTUDY_STORAGE``, ``$MLFLOW_TRACKING_URI``): a
+    password in them would be readable by every user in ``ps``'s command lines, while a
+    process's environment is readable by its owner only."""
+    command = [sys.executable, "-m", "study", "worker", "--study", queue.study,
+               "--parent-pid", str(os.getpid()), "--nproc-per-node", str(nproc_per_node)]
+    env = {**worker_env(index, workers, gpus, nproc_per_node),
+           "NFSTUDY_STORAGE": queue.url, "MLFLOW_TRACKING_URI": tracking.uri}
+    return command, env
+
+
 def _spawn(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking, log: Path,
            nproc_per_node: int = 1) -> subprocess.Popen:
-    command = [sys.executable, "-m", "study", "worker", "--study", queue.study, "--storage", queue.url,
-               "--tracking-uri", tracking.uri, "--parent-pid", str(os.getpid()),
-               "--nproc-per-node", str(nproc_per_node)]
+    command, env = worker_process(index, workers, gpus, queue, tracking, nproc_per_node)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         # Same process group: a terminal's Ctrl-C reaches the workers too.
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=worker_env(index, workers, gpus, nproc_per_node))
+                                env=env)
 
 
 def _deliberate(returncode: int) -> bool:

@@ -109,3 +109,21 @@ def test_credentials_and_environment_never_reach_mlflow_or_the_terminal(tmp_path
         assert not [v for v in written if secret in v]
     logs = [p.read_text(errors="replace") for p in nfstudy_home.rglob("*") if p.is_file() and p.suffix in (".log", ".jsonl", ".md", ".html")]
     assert not [text for text in logs if "s3cret-pw" in text]
+
+
+def test_local_workers_get_storage_and_tracking_uri_in_their_environment_not_their_command_line(
+        tmp_path, monkeypatch):
+    """Command lines are world-readable (``ps``); a password in a URL must not be in one."""
+    from study.execution import worker_process
+    from study.queue import RunQueue, storage_url
+    from study.tracking import Tracking
+
+    queue = RunQueue("secrets", str(tmp_path / "queue.journal"), create=True)
+    tracking = Tracking("http://alice:s3cret-pw@127.0.0.1:9/")  # nothing listens: never contacted
+    command, env = worker_process(0, 2, [], queue, tracking)
+    assert not [arg for arg in command if "s3cret-pw" in arg or str(tmp_path) in arg]
+    assert env["MLFLOW_TRACKING_URI"] == tracking.uri and "s3cret-pw" in env["MLFLOW_TRACKING_URI"]
+    assert env["NFSTUDY_STORAGE"] == queue.url
+    for key in ("NFSTUDY_STORAGE", "MLFLOW_TRACKING_URI"):  # ...and the worker reads them there
+        monkeypatch.setenv(key, env[key])
+    assert Tracking().uri == tracking.uri and storage_url(None) == queue.url
