@@ -290,8 +290,9 @@ def search(
                       f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)", markup=False, emoji=False)
 
     result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
-    console.print(f"Optuna study {result.study_name} in {result.storage}: {result.existed} trials existed, "
-                  f"{len(result.trials)} added", markup=False, emoji=False)
+    console.print(f"Optuna study {result.study_name} in {result.storage}: {result.existed} trials existed"
+                  + (f" ({result.recovered} left RUNNING by a dead search process, now FAIL)" if result.recovered else "")
+                  + f", {len(result.trials)} added", markup=False, emoji=False)
     if result.trials:
         ms = lambda values: statistics.median(values) * 1000  # noqa: E731
         console.print(f"overhead per trial (median): {statistics.median(r.overhead_ms for r in result.trials):.0f} ms "

@@ -31,9 +31,16 @@ Decisions (README, "Searching λ with Optuna"):
   user attr ``mlflow_run_id``). After each invocation the parent gets the best value and
   parameters as metrics ``best/*`` (step = number of trials) and tag ``nfstudy.best_params``.
 
+- **Lost trials**: every trial records its owner (host, boot, pid namespace, pid) as a
+  system attr. A search process killed with SIGKILL (or out of memory) leaves its trial
+  RUNNING; the next ``nfstudy search`` of the same study on the same host finds the owner
+  gone, marks the trial FAIL (user attr ``outcome=lost``) and its MLflow child KILLED with
+  an ``nfstudy.error`` tag, so reports and the grid count see it as what it is.
+
 Limits: trials run one after another in this process; several ``nfstudy search``
-processes on one RDB storage share the study safely (Optuna's storage does the locking),
-but a process killed with SIGKILL leaves its trial RUNNING in Optuna (no heartbeat).
+processes on one RDB storage share the study safely (Optuna's storage does the locking).
+A trial whose process died on *another* machine stays RUNNING until a search on that
+machine runs again (searches keep no heartbeat; the run queue's workers do).
 """
 
 from __future__ import annotations
@@ -41,16 +48,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from study import paths
 from study.errors import ConfigError, TrackingError
+from study.queue import host_id, process_alive
 from study.registry import load_preset
 from study.spec import EPOCH_METRICS, HASH_EXCLUDED_KEYS, Distribution, SearchSpec, StudySpec, make_config
 from study.tracking import OUTCOME, ChildRun, Tracking
@@ -58,6 +69,8 @@ from study.tracking import OUTCOME, ChildRun, Tracking
 #: Prefix of every Optuna study ``nfstudy search`` creates (other users of the storage
 #: pick other prefixes).
 STUDY_PREFIX = "nfstudy-search:"
+#: System attr of a trial: the process that runs it (as the run queue records its owners).
+OWNER_ATTR = "nfstudy:owner"
 OPTUNA_STUDY_TAG = "nfstudy.optuna_study"
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 _MAXIMIZED = ("top1", "top5", "acc")
@@ -118,6 +131,8 @@ class SearchResult:
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str = ""
+    recovered: int = 0
+    """Trials left RUNNING by a dead search process on this host, marked FAIL on start."""
 
 
 def default_direction(metric: str) -> str:
@@ -312,7 +327,8 @@ def run_search(
         size = math.prod(len(v) for v in _grid(plan.space).values())
         n_trials = min(n_trials, max(size - existed, 0))
 
-    result = SearchResult(plan.study_name, storage_url, existed, parent_run_id=parent_id)
+    result = SearchResult(plan.study_name, storage_url, existed, parent_run_id=parent_id,
+                          recovered=recover_lost_trials(study, tracking))
     for _ in range(n_trials):
         record = _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
         result.trials.append(record)
@@ -326,6 +342,7 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
     """Ask, train, tell one trial; record it in MLflow. Failures are recorded, then re-raised."""
     start = time.perf_counter()
     trial = study.ask()
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
     values = suggest(trial, plan.space)
     storage_s = time.perf_counter() - start
     config = make_config({**plan.fixed, **values}, where=f"{plan.spec.name} trial {trial.number}")
@@ -398,6 +415,31 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
     record.tracking_s = tracking_s
     record.wall_s = time.perf_counter() - start
     return record
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname()}
+
+
+def recover_lost_trials(study: optuna.Study, tracking: Tracking) -> int:
+    """Marks FAIL the RUNNING trials whose owner process on this host is gone, and closes
+    their MLflow child runs KILLED. Returns how many it recovered."""
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.system_attrs.get(OWNER_ATTR) or {}
+        if owner.get("host") != host_id() or owner.get("pid") == os.getpid() or process_alive(owner["pid"]):
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "outcome", "lost")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another search recovered it first
+            continue
+        recovered += 1
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and tracking.client.get_run(run_id).info.status == "RUNNING":
+            ChildRun(tracking.client, run_id).end(
+                "KILLED", f"search process lost (pid {owner['pid']} on {owner.get('name')})")
+    return recovered
 
 
 def _log_best(study: optuna.Study, tracking: Tracking, parent_id: str, plan: SearchPlan,

@@ -202,3 +202,36 @@ def test_a_diverged_run_is_a_finished_result_and_the_grid_goes_on(study_file, nf
     runs = assert_exactly_once(local_uri(nfstudy_home), "diverges", 2)
     outcome = {r.data.tags["nfstudy.arm"]: r.data.tags["nfstudy.outcome"] for r in runs}
     assert outcome == {"ok": "completed", "huge-lr": "diverged"}
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_search_then_search_again_marks_the_lost_trial(study_file, nfstudy_home, capsys):
+    import optuna
+
+    from study import paths
+    from study.cli import main
+
+    path = study_file("name: lost-search\nbase: presets/smoke.yaml\nfixed: {train.steps: 40}\nseeds: [0]\n"
+                      "search:\n  agc.clipping: {low: 0.001, high: 1.0, log: true}\n  pruner: none\n",
+                      name="lost-search.yaml")
+    search = start("search", str(path), "--trials", "1")
+    deadline, running = time.monotonic() + 180, []
+    while not running:
+        assert time.monotonic() < deadline and search.poll() is None, "no RUNNING trial with an MLflow run"
+        time.sleep(0.2)
+        names = [n for n in optuna.get_all_study_names(paths.optuna_storage()) if "lost-search" in n] \
+            if (nfstudy_home / "optuna.db").exists() else []
+        if names:
+            study = optuna.load_study(study_name=names[0], storage=paths.optuna_storage())
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "mlflow_run_id" in t.user_attrs]
+    os.kill(search.pid, signal.SIGKILL)
+    search.wait()
+
+    assert main(["search", str(path), "--trials", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "1 trials existed (1 left RUNNING by a dead search process, now FAIL), 1 added" in out
+    lost = study.trials[running[0].number]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["outcome"] == "lost"
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    run = MlflowClient(local_uri(nfstudy_home)).get_run(lost.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and f"pid {search.pid}" in run.data.tags["nfstudy.error"]
