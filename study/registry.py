@@ -87,7 +87,7 @@ def load_study(name_or_path: str | os.PathLike) -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {_describe(err)}") from None
+        raise ConfigError(f"{path}: {_describe(err, StudySpec)}") from None
 
 
 def list_presets() -> list[str]:

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -242,15 +242,44 @@ def make_config(overrides: dict[str, Any], where: str = "config") -> RunConfig:
         raise ConfigError(f"{where}: {_describe(err)}") from None
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for every problem of ``err``; an unknown field of ``model`` (or of a section
+    nested in it) gets the closest known name and the allowed ones."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden" and (fields := _fields_at(model, e["loc"][:-1])):
+            field = str(e["loc"][-1])
+            close = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            parts.append(f"unknown field '{key}'{hint}; allowed: {', '.join(fields)}")
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = f" (got {got!r})" if not isinstance(got, dict) and key else ""
         parts.append(f"{key}: {msg}{shown}" if key else msg)
     return "; ".join(parts)
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names of the model found by following ``loc`` from ``model`` through nested
+    models, lists of them, or a union holding one model; empty when ``loc`` leads elsewhere."""
+    kind: Any = model
+    for part in loc:
+        if isinstance(part, int):  # an item of a list
+            kind = next(iter(get_args(kind)), None)
+        else:
+            model = _model_in(kind)
+            field = model.model_fields.get(part) if model is not None else None
+            kind = field.annotation if field is not None else None
+    model = _model_in(kind)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(kind: Any) -> type[BaseModel] | None:
+    """``kind`` if it is a model, the one model of a union, else ``None``."""
+    models = [a for a in (kind, *get_args(kind)) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else None
 
 
 class FigureSpec(BaseModel):
@@ -410,7 +439,7 @@ def _space_problems(key: str, value: Any) -> list[str]:
     try:
         dist = Distribution.model_validate(value)
     except ValidationError as err:
-        return [f"{key}: {_describe(err)}; expected {{low, high, log, step}}"]
+        return [f"{key}: {_describe(err, Distribution)}"]
     problems = []
     if dist.low > dist.high:
         problems.append(f"{key}: low ({dist.low}) is above high ({dist.high})")
