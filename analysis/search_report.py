@@ -20,6 +20,8 @@ import numpy as np
 import optuna
 import pandas as pd
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from analysis import figures, roles
 from analysis.report import SCALE_NOTE, _html, _Image, _markdown, _Section, _Table, _value
@@ -180,7 +182,8 @@ def build_search_report(spec, storage: str, tracking_uri: str | None, out_dir, c
     Args:
         spec: the study (a ``StudySpec`` with a ``search:`` section).
         storage: the Optuna storage URL the searches used.
-        tracking_uri: the MLflow store the trials' child runs are in (printed for reference).
+        tracking_uri: the MLflow store of the trials' runs; the report is logged as artifact
+            ``report/`` of each Optuna study's parent run found there.
         out_dir: the folder to write (created).
         command: the command line that regenerates this report.
 
@@ -241,7 +244,24 @@ def build_search_report(spec, storage: str, tracking_uri: str | None, out_dir, c
     n_complete = int((trials["state"] == "COMPLETE").sum()) if not trials.empty else 0
     paths["summary"].write_text(json.dumps({"study": spec.name, "paper": spec.paper, "n_results": n_complete,
                                             "verdicts": [], "best": best_rows}, indent=2, default=str))
+    _log_to_parents(studies, tracking_uri, out)
     return {**paths, "figures": written, "best": best_rows}
+
+
+def _log_to_parents(studies: dict[str, dict], tracking_uri: str | None, out: Path) -> None:
+    """The report folder as artifact ``report/`` of each Optuna study's MLflow parent run, so
+    the MLflow UI shows it beside the trials (as the grid report does); parents that are not
+    in this tracking store are skipped."""
+    client = MlflowClient(tracking_uri)
+    for attrs in studies.values():
+        parent = attrs.get("mlflow_parent_run_id")
+        if not parent:
+            continue
+        try:
+            client.get_run(parent)
+        except MlflowException:
+            continue
+        client.log_artifacts(parent, str(out), "report")
 
 
 def _direction(studies: dict[str, dict]) -> str:

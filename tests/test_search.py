@@ -69,6 +69,10 @@ def test_trials_are_recorded_and_a_second_invocation_adds_to_the_same_study(stud
     history = client.get_metric_history(parent.info.run_id, "best/val/top1")
     assert sorted(m.step for m in history) == [2, 3]  # logged after each invocation
 
+    assert main(["report", str(path)]) == 0  # the report lands beside the trials in the MLflow UI
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/history.png"} <= logged
+
 
 def test_a_pruner_that_prunes_marks_the_trial_in_optuna_and_mlflow(study_file):
     search = LAMBDA + "  pruner: {name: threshold, lower: 0.99}\n"
