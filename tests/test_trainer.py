@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 
@@ -60,3 +61,16 @@ def test_sam_and_agc_and_ema_train(sam_mode):
                     "agc.clipping": 0.08, "optim.ema_decay": 0.99})
     result = train(cfg)
     assert result["outcome"] == "completed" and result["val/top1"] > 0.3
+
+
+@pytest.mark.slow  # compiles the net with inductor, ~30 s on 2 cores
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_training_with_agc_matches_eager():
+    """``train.compile`` with AGC, whose flat buffers re-home the parameters after
+    ``torch.compile`` wrapped the model: the compiled graph must train the same weights."""
+    overrides = {"train.steps": 20, "data.device_batch_size": 64, "agc.clipping": 0.01}
+    eager = train(_smoke(**overrides))
+    compiled = train(_smoke(**overrides, **{"train.compile": True}))
+    assert compiled["outcome"] == eager["outcome"] == "completed"
+    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
+    assert compiled["val/top1"] == pytest.approx(eager["val/top1"], abs=2 / 197)  # at most 2 images
