@@ -183,7 +183,7 @@ def _runs_section(runs: pd.DataFrame, columns: list[str], parent_id) -> _Section
 
 
 def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: pd.DataFrame | None = None,
-                 config_hashes: set[str] | None = None) -> dict:
+                 config_hashes: set[str] | None = None, artifact_path: str = "report") -> dict:
     """Write a study's figures, ``report.md``, ``report.html`` and ``summary.json``.
 
     Example:
@@ -203,6 +203,7 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: 
             judged when the study's paper key is ``table6`` or ``spp``.
         config_hashes: when given, only runs of these configs count (the runs of one
             preset and set of overrides; a study's experiment can hold several scales).
+        artifact_path: where the report folder goes among the parent run's artifacts.
 
     Returns:
         ``{"markdown": Path, "html": Path, "summary": Path, "figures": [Path, ...],
@@ -293,35 +294,39 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: 
     paths["summary"].write_text(json.dumps({"study": spec.name, "paper": spec.paper, "n_results": len(frame),
                                             "verdicts": verdicts}, indent=2))
     if parent_id is not None:
-        MlflowClient(tracking_uri).log_artifacts(parent_id, str(out), "report")
+        MlflowClient(tracking_uri).log_artifacts(parent_id, str(out), artifact_path)
     return {**paths, "figures": written, "verdicts": verdicts}
 
 
-def build_index(reports_root, studies) -> Path:
-    """Write ``index.md`` and ``index.html`` listing studies with their verdicts.
+def build_index(reports_root, studies, folders: dict[str, Path] | None = None, name: str = "index") -> Path:
+    """Write ``NAME.md`` and ``NAME.html`` listing studies with their verdicts.
 
     Args:
-        reports_root: the folder holding one ``NAME/`` report folder per study.
+        reports_root: the folder holding one ``STUDY/`` report folder per study.
         studies: the study names, in the order to list them.
+        folders: a study's report folder when it is not ``reports_root / STUDY`` (another scale).
+        name: the index's file name without suffix.
 
     Returns:
-        The path of ``index.html``.
+        The path of the HTML index.
     """
     root = Path(reports_root)
     rows = []
-    for name in studies:
-        summary_path = root / name / "summary.json"
+    for study in studies:
+        folder = Path((folders or {}).get(study, root / study))
+        summary_path = folder / "summary.json"
         if not summary_path.exists():
-            rows.append([name, "", "0", "no report yet"])
+            rows.append([study, "", "0", "no report yet"])
             continue
         summary = json.loads(summary_path.read_text())
         verdicts = "; ".join(f"{v['claim']}: {v['verdict']}" for v in summary["verdicts"]) or "no paper claims"
-        rows.append([f"[{name}]({name}/report.html)", summary["paper"] or "", str(summary["n_results"]), verdicts])
+        link = (folder / "report.html").relative_to(root).as_posix()
+        rows.append([f"[{study}]({link})", summary["paper"] or "", str(summary["n_results"]), verdicts])
     sections = [_Section("Studies", [_Table(["study", "paper", "results", "verdicts"], rows)])]
     root.mkdir(parents=True, exist_ok=True)
-    (root / "index.md").write_text(_markdown("nfstudy reports", sections, root))
-    (root / "index.html").write_text(_html("nfstudy reports", sections))
-    return root / "index.html"
+    (root / f"{name}.md").write_text(_markdown("nfstudy reports", sections, root))
+    (root / f"{name}.html").write_text(_html("nfstudy reports", sections))
+    return root / f"{name}.html"
 
 
 # -- rendering -------------------------------------------------------------------------

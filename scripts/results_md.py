@@ -38,7 +38,7 @@ def main() -> None:
         f"on {platform.machine()} CPU (2 cores), torch {torch.__version__}.",
         f"Each study was run with `nfstudy run NAME {flags} --workers 2` and reported with "
         f"`nfstudy report --all {flags}`; the full reports (figures, paired Δ, rules, run ids) are "
-        "in `$NFSTUDY_HOME/reports/NAME/report.html`.",
+        f"in `$NFSTUDY_HOME/reports/NAME/{paths.scale_name(args.preset, args.sets) + '/' if flags else ''}report.html`.",
         "",
     ]
     verdict_rows, sections = [], []
@@ -49,7 +49,7 @@ def main() -> None:
         hashes = {r.config_hash for r in plan(spec, preset=args.preset, overrides=parse_overrides(args.sets))}
         runs = load_runs(name, uri)
         frame = results(runs[runs["config_hash"].isin(hashes)]) if not runs.empty else runs
-        summary_path = paths.reports_dir(name) / "summary.json"
+        summary_path = paths.reports_dir(name, paths.scale_name(args.preset, args.sets)) / "summary.json"
         verdicts = json.loads(summary_path.read_text())["verdicts"] if summary_path.exists() else []
         for item in verdicts:
             verdict_rows.append(f"| `{name}` | {item.get('claim', '')} | **{item.get('verdict', '')}** |")

@@ -314,7 +314,8 @@ def report(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL of searches (default: $NFSTUDY_HOME/optuna.db)."),
 ) -> None:
-    """Figures (PNG + SVG), report.md and report.html under $NFSTUDY_HOME/reports/NAME/."""
+    """Figures (PNG + SVG), report.md and report.html under $NFSTUDY_HOME/reports/NAME/
+    (NAME/SCALE/ for the runs of --preset/--set, e.g. reports/clip-threshold/preset-smoke/)."""
     from analysis.report import build_index, build_report
     from study import paths
     from study.registry import list_studies, load_study
@@ -323,9 +324,12 @@ def report(
         raise NfstudyError("report: give a study name, or --all")
     names = list_studies() if all_ else [name]
     uri = paths.tracking_uri(tracking_uri)
+    scale, folders = paths.scale_name(preset, set_), {}
     for study_name in names:
         spec = load_study(study_name)
-        out = paths.reports_dir(spec.name)
+        # A search's report covers all its Optuna studies, whatever --preset/--set say.
+        out = paths.reports_dir(spec.name, "" if spec.search is not None else scale)
+        folders[spec.name] = out
         if spec.search is not None:  # a search study: Optuna trials, not a grid
             from analysis.search_report import build_search_report
 
@@ -337,10 +341,12 @@ def report(
             command = " ".join(["nfstudy report", spec.name, *([f"--preset {preset}"] if preset else []),
                                 *(f"--set {item}" for item in set_ or [])])
             written = build_report(spec, uri, out, command=command, spp=spp,
-                                   config_hashes={r.config_hash for r in runs})
+                                   config_hashes={r.config_hash for r in runs},
+                                   artifact_path="report" + (f"/{scale}" if scale else ""))
         console.print(f"{spec.name}: {written.get('html', out)}")
     if all_:
-        console.print(f"index: {build_index(paths.home() / 'reports', names)}")
+        index = build_index(paths.home() / "reports", names, folders, "index" + (f"-{scale}" if scale else ""))
+        console.print(f"index: {index}")
 
 
 def _signal_propagation(spec):

@@ -54,8 +54,17 @@ def confined(*parts: str) -> Path:
     return path
 
 
-def reports_dir(study: str) -> Path:
-    return confined("reports", study)
+def scale_name(preset: str | None = None, overrides: list[str] | None = None) -> str:
+    """The name of one scale of a study's runs (``--preset``/``--set``), for its report folder:
+    ``""`` for the study's own base preset, else e.g. ``preset-smoke_data.image_size=8``."""
+    parts = ([f"preset-{preset}"] if preset else []) + list(overrides or [])
+    return safe_name("_".join(parts)) if parts else ""
+
+
+def reports_dir(study: str, scale: str = "") -> Path:
+    """``reports/STUDY/``, or ``reports/STUDY/SCALE/`` for the runs of another scale (so one
+    scale's report never overwrites another's)."""
+    return confined("reports", study, scale) if scale else confined("reports", study)
 
 
 def checkpoint_dir(config_hash: str) -> Path:

@@ -91,3 +91,27 @@ def test_report_all_writes_every_report_and_an_index(study_file, capsys, monkeyp
     reports = paths.home() / "reports"
     assert (reports / "tiny" / "report.html").is_file() and (reports / "tiny" / "report.md").is_file()
     assert "tiny" in (reports / "index.html").read_text()
+
+
+def test_a_report_of_another_scale_goes_to_its_own_folder(study_file, capsys, monkeypatch):
+    """``--preset``/``--set`` select other runs of the same study: their report must not
+    overwrite the base scale's (nor its MLflow artifact)."""
+    import shutil
+
+    from study.registry import experiments_dir
+
+    path = study_file(STUDY)
+    shutil.copytree(experiments_dir() / "presets", path.parent / "presets")
+    monkeypatch.setenv("NFSTUDY_EXPERIMENTS", str(path.parent))
+    assert main(["run", "tiny"]) == 0
+    assert main(["run", "tiny", "--set", "train.steps=2"]) == 0
+    assert main(["report", "tiny"]) == 0
+    assert main(["report", "--all", "--set", "train.steps=2"]) == 0
+    reports = paths.home() / "reports"
+    base, other = reports / "tiny" / "report.md", reports / "tiny" / "train.steps=2" / "report.md"
+    assert "--set train.steps=2" not in base.read_text() and "--set train.steps=2" in other.read_text()
+    assert 'href="tiny/train.steps=2/report.html"' in (reports / "index-train.steps=2.html").read_text()
+    client = MlflowClient(paths.tracking_uri())
+    parent = client.get_run(_children(client, "tiny")[0].data.tags["mlflow.parentRunId"]).info.run_id
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/train.steps=2"} <= logged
