@@ -18,6 +18,7 @@ final result to ``out_dir/result.json``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -221,15 +222,18 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        sink = _JsonlSink(out / METRICS_FILE) if dist.get_rank() == 0 else None
-        result = train(config, tracker=sink, on_epoch=sink.on_epoch if sink is not None else None)
-        if sink is not None:
-            tmp = out / (RESULT_FILE + ".tmp")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, out / RESULT_FILE)
-    finally:
-        dist.destroy_process_group()
+    sink = _JsonlSink(out / METRICS_FILE) if dist.get_rank() == 0 else None
+    result = train(config, tracker=sink, on_epoch=sink.on_epoch if sink is not None else None)
+    if sink is not None:
+        tmp = out / (RESULT_FILE + ".tmp")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, out / RESULT_FILE)
+    # Only after success (a failed rank is stopped by torchrun; a barrier would wait for it):
+    # collect the DDP wrapper, in reference cycles, while its process group lives, and let no
+    # rank tear the group down while another still uses it.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
