@@ -5,6 +5,9 @@ unreachable server) is an :class:`NfstudyError`. The CLI prints its message as o
 exits with code 2; ``--debug`` shows the traceback. Internal invariants use ``assert``.
 """
 
+import difflib
+from collections.abc import Iterable
+
 
 class NfstudyError(Exception):
     """Base class: a problem with what the user asked for, not a bug."""
@@ -20,3 +23,9 @@ class DataError(NfstudyError):
 
 class TrackingError(NfstudyError):
     """The MLflow tracking store or the Optuna storage cannot be used."""
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``known`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

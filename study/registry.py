@@ -7,7 +7,6 @@ anything runs, and identified by :meth:`RunConfig.config_hash`.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from study.errors import ConfigError
+from study.errors import ConfigError, did_you_mean
 from study.spec import RunConfig, StudySpec, _describe, flatten, make_config
 
 
@@ -76,11 +75,8 @@ def load_study(name_or_path: str | os.PathLike) -> StudySpec:
     else:
         files = _study_files()
         if str(name_or_path) not in files:
-            close = difflib.get_close_matches(str(name_or_path), list(files), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"unknown study '{name_or_path}'{hint}; registered: {', '.join(sorted(files))}"
-            )
+            raise ConfigError(f"unknown study '{name_or_path}'{did_you_mean(str(name_or_path), files)}; "
+                              f"registered: {', '.join(sorted(files))}")
         path = files[str(name_or_path)]
     data = read_yaml(path)
     data.setdefault("name", path.stem)

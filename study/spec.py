@@ -8,7 +8,6 @@ reported, each naming its dotted key and what is allowed (:class:`ConfigError`).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -16,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from study.errors import ConfigError
+from study.errors import ConfigError, did_you_mean
 
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
@@ -64,9 +63,7 @@ class ModelConfig(_Section):
 
         names = list_models()
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(f"unknown model '{name}'{hint}; registered: {', '.join(names)}")
+            raise ValueError(f"unknown model '{name}'{did_you_mean(name, names)}; registered: {', '.join(names)}")
         return name
 
 
@@ -215,9 +212,7 @@ def check_keys(keys: list[str], where: str) -> None:
     problems = []
     for key in keys:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"unknown key '{key}'{hint}")
+            problems.append(f"unknown key '{key}'{did_you_mean(key, known)}")
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
 
@@ -249,9 +244,7 @@ def _describe(err: ValidationError, model: type[BaseModel] | None = None) -> str
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden" and (fields := _fields_at(model, e["loc"][:-1])):
-            field = str(e["loc"][-1])
-            close = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(str(e["loc"][-1]), fields)
             parts.append(f"unknown field '{key}'{hint}; allowed: {', '.join(fields)}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
@@ -439,7 +432,7 @@ def _space_problems(key: str, value: Any) -> list[str]:
     try:
         dist = Distribution.model_validate(value)
     except ValidationError as err:
-        return [f"{key}: {_describe(err, Distribution)}"]
+        return [f"{key}: {_describe(err, Distribution)}; expected {{low, high, log, step}}"]
     problems = []
     if dist.low > dist.high:
         problems.append(f"{key}: low ({dist.low}) is above high ({dist.high})")
