@@ -67,7 +67,9 @@ STALE_AFTER_S = 6 * HEARTBEAT_S
 #: A lost run is re-queued automatically this many times in all; then it waits for the
 #: next ``nfstudy run`` (a config that kills its worker every time must not loop forever).
 MAX_ATTEMPTS = 3
-_OWNER, _BEAT = "nfstudy:owner", "nfstudy:heartbeat"
+#: System attr of a RUNNING trial: the process that runs it (:func:`owner_record`).
+OWNER_ATTR = "nfstudy:owner"
+_BEAT = "nfstudy:heartbeat"
 _ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -209,6 +211,18 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def owner_record() -> dict[str, Any]:
+    """This process as the owner of a trial: host (with boot and pid namespace), pid, name."""
+    return {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname()}
+
+
+def owner_gone(owner: dict[str, Any] | None) -> bool:
+    """Whether ``owner`` (an :func:`owner_record`) is another process of this host that no
+    longer runs; ``False`` for owners on other hosts (only a heartbeat can tell those)."""
+    return bool(owner) and owner["host"] == host_id() and owner["pid"] != os.getpid() \
+        and not process_alive(owner["pid"])
+
+
 class RunQueue:
     """A study's queue in Optuna storage.
 
@@ -327,8 +341,7 @@ class RunQueue:
             except UpdateFinishedTrialError:  # cancelled or failed meanwhile
                 continue
             if claimed:
-                owner = {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname()}
-                self.storage.set_trial_system_attr(trial._trial_id, _OWNER, owner)
+                self.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
                 return Claim(trial._trial_id, trial.number, Job.from_trial(trial))
         return None
 
@@ -366,9 +379,8 @@ class RunQueue:
         """RUNNING trials whose owner is gone (see the module docstring)."""
         lost, now, running = [], time.monotonic(), self.trials([TrialState.RUNNING])
         for trial in running:
-            owner = trial.system_attrs.get(_OWNER)
-            if owner and owner["host"] == host_id() and owner["pid"] != os.getpid() \
-                    and not process_alive(owner["pid"]):
+            owner = trial.system_attrs.get(OWNER_ATTR)
+            if owner_gone(owner):
                 lost.append(trial)
                 continue
             beat = (trial.system_attrs.get(_BEAT), owner and owner.get("pid"))

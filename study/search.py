@@ -48,8 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -61,7 +59,7 @@ from optuna.trial import TrialState
 
 from study import paths
 from study.errors import ConfigError, TrackingError
-from study.queue import host_id, process_alive
+from study.queue import OWNER_ATTR, owner_gone, owner_record
 from study.registry import load_preset
 from study.spec import EPOCH_METRICS, HASH_EXCLUDED_KEYS, Distribution, SearchSpec, StudySpec, make_config
 from study.tracking import OUTCOME, ChildRun, Tracking
@@ -69,8 +67,6 @@ from study.tracking import OUTCOME, ChildRun, Tracking
 #: Prefix of every Optuna study ``nfstudy search`` creates (other users of the storage
 #: pick other prefixes).
 STUDY_PREFIX = "nfstudy-search:"
-#: System attr of a trial: the process that runs it (as the run queue records its owners).
-OWNER_ATTR = "nfstudy:owner"
 OPTUNA_STUDY_TAG = "nfstudy.optuna_study"
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 _MAXIMIZED = ("top1", "top5", "acc")
@@ -342,7 +338,7 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
     """Ask, train, tell one trial; record it in MLflow. Failures are recorded, then re-raised."""
     start = time.perf_counter()
     trial = study.ask()
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
     values = suggest(trial, plan.space)
     storage_s = time.perf_counter() - start
     config = make_config({**plan.fixed, **values}, where=f"{plan.spec.name} trial {trial.number}")
@@ -417,17 +413,13 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
     return record
 
 
-def _owner() -> dict[str, Any]:
-    return {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname()}
-
-
 def recover_lost_trials(study: optuna.Study, tracking: Tracking) -> int:
     """Marks FAIL the RUNNING trials whose owner process on this host is gone, and closes
     their MLflow child runs KILLED. Returns how many it recovered."""
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(OWNER_ATTR) or {}
-        if owner.get("host") != host_id() or owner.get("pid") == os.getpid() or process_alive(owner["pid"]):
+        owner = trial.system_attrs.get(OWNER_ATTR)
+        if not owner_gone(owner):
             continue
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "outcome", "lost")

@@ -35,7 +35,7 @@ from typing import Any
 from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 
-from study.queue import HEARTBEAT_S, MAX_ATTEMPTS, Claim, Job, RunQueue
+from study.queue import HEARTBEAT_S, MAX_ATTEMPTS, OWNER_ATTR, Claim, Job, RunQueue
 from study.tracking import ROLE, Tracking
 
 #: MLflow tag naming the queue trial that owns a child run (``<queue>#<trial id>``).
@@ -111,7 +111,7 @@ def recover_lost(queue: RunQueue, tracking: Tracking) -> int:
             continue  # another observer recovered it first
         recovered += 1
         job = Job.from_trial(trial)
-        owner = trial.system_attrs.get("nfstudy:owner") or {}
+        owner = trial.system_attrs.get(OWNER_ATTR) or {}
         reason = f"worker lost (pid {owner.get('pid')} on {owner.get('name')})"
         queue.set_attr(trial._trial_id, "error", reason)
         kill_orphan_runs(tracking, queue, job.experiment_id, reason)
