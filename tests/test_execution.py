@@ -32,7 +32,7 @@ def _enqueue_in_child(home: str, hashes: list[str], barrier) -> None:
     queue.enqueue([job(h) for h in hashes])
 
 
-def _pop_all_in_child(home: str, barrier, out) -> None:
+def _pop_all_in_child(home: str, out, barrier) -> None:
     os.environ["NFSTUDY_HOME"] = home
     queue = RunQueue("s")
     barrier.wait()
@@ -40,17 +40,22 @@ def _pop_all_in_child(home: str, barrier, out) -> None:
         out.put(claim.job.config_hash)
 
 
-def test_enqueue_from_four_coordinators_at_once_adds_each_config_once(nfstudy_home):
-    RunQueue("s", create=True)
+def _race(count: int, target, *args) -> None:
+    """``target(*args, barrier)`` in ``count`` forked processes that start together; each must exit 0."""
     context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(4)
-    hashes = [f"h{i}" for i in range(6)]
-    procs = [context.Process(target=_enqueue_in_child, args=(str(nfstudy_home), hashes, barrier)) for _ in range(4)]
+    barrier = context.Barrier(count)
+    procs = [context.Process(target=target, args=(*args, barrier)) for _ in range(count)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
+
+
+def test_enqueue_from_four_coordinators_at_once_adds_each_config_once(nfstudy_home):
+    RunQueue("s", create=True)
+    hashes = [f"h{i}" for i in range(6)]
+    _race(4, _enqueue_in_child, str(nfstudy_home), hashes)
     trials = RunQueue("s").trials()
     assert sorted(t.user_attrs["config_hash"] for t in trials) == hashes
     assert {t.state for t in trials} == {TrialState.WAITING}
@@ -60,14 +65,8 @@ def test_concurrent_pops_claim_every_trial_exactly_once(nfstudy_home):
     queue = RunQueue("s", create=True)
     hashes = [f"h{i}" for i in range(12)]
     queue.enqueue([job(h) for h in hashes])
-    context = multiprocessing.get_context("fork")
-    barrier, out = context.Barrier(3), context.SimpleQueue()
-    procs = [context.Process(target=_pop_all_in_child, args=(str(nfstudy_home), barrier, out)) for _ in range(3)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
+    out = multiprocessing.get_context("fork").SimpleQueue()
+    _race(3, _pop_all_in_child, str(nfstudy_home), out)
     claimed = []
     while not out.empty():
         claimed.append(out.get())

@@ -211,7 +211,7 @@ def test_kill_9_of_a_search_then_search_again_marks_the_lost_trial(study_file, n
     from study import paths
     from study.cli import main
 
-    path = study_file("name: lost-search\nbase: presets/smoke.yaml\nfixed: {train.steps: 40}\nseeds: [0]\n"
+    path = study_file("name: lost-search\nbase: presets/smoke.yaml\nfixed: {train.steps: 300}\nseeds: [0]\n"
                       "search:\n  agc.clipping: {low: 0.001, high: 1.0, log: true}\n  pruner: none\n",
                       name="lost-search.yaml")
     search = start("search", str(path), "--trials", "1")
