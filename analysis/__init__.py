@@ -1,6 +1,6 @@
 """Analysis of nfstudy runs: MLflow → pandas → statistics → figures → report.
 
-``analysis`` reads the MLflow store that ``study.tracking`` writes and never imports the
+``analysis`` reads the MLflow store that ``study.record.tracking`` writes and never imports the
 training framework (only ``study.errors``). Modules: :mod:`analysis.runs` (load runs),
 :mod:`analysis.stats` (means, 95% CIs, paired Δ), :mod:`analysis.roles` (sides of a paper
 comparison), :mod:`analysis.reference` (the paper's numbers, claims and verdict rules),

@@ -1,6 +1,6 @@
 """MLflow → tidy pandas: one row per child run of a study.
 
-The layout read here is the one ``study.tracking`` writes (DESIGN.md, "Tracking"): one
+The layout read here is the one ``study.record.tracking`` writes (DESIGN.md, "Tracking"): one
 experiment per study, named after it; one parent run (tag ``nfstudy.role=parent``); one
 child run per RunConfig (tag ``nfstudy.role=child``) whose params are the flattened
 RunConfig under dotted keys and whose metrics are logged per epoch (``step`` = epoch).

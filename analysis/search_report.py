@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures, roles
 from analysis.report import SCALE_NOTE, _html, _Image, _markdown, _Section, _Table, _value
-from study.search import STUDY_PREFIX, open_storage
+from study.run.search import STUDY_PREFIX, open_storage
 
 #: PAPER.md §4: "λ = 0.01 for batch 1024–4096" (NF-ResNet-50/-200, ImageNet, 90 epochs).
 PAPER_CLIPPING = 0.01

@@ -21,7 +21,8 @@ import torch
 from analysis.runs import load_runs, results
 from analysis.stats import format_ci, summarise
 from study import paths
-from study.registry import list_studies, load_study, parse_overrides, plan
+from study.config.expand import parse_overrides, plan
+from study.config.study_file import list_studies, load_study
 
 
 def main() -> None:

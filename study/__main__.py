@@ -1,3 +1,3 @@
-from study.cli import entry
+from study.cli.app import entry
 
 entry()

@@ -3,7 +3,6 @@ Optuna stores are real SQLite files that vanish with the test."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

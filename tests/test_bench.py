@@ -6,10 +6,10 @@ import json
 import math
 
 import pytest
-
 import torch
 
-from study.bench import Settings, cifar_figures, gpu_figures, interleaved, paired
+from study.bench.gpu import cifar_figures, gpu_figures
+from study.bench.harness import Settings, interleaved, paired
 from study.cli import main
 
 REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_step_overhead", "sam_fraction",

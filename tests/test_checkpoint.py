@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.checkpoint import load_checkpoint, save_checkpoint
+from study.config.run_config import make_config
 from study.paths import checkpoint_dir
-from study.spec import make_config
-from study.trainer import train
+from study.train.checkpoint import load_checkpoint, save_checkpoint
+from study.train.trainer import train
 
 # Every piece of state a step reads: dropout and stochastic depth (torch's generator), MixUp
 # (its own generator), crops (the loader's epoch), EMA, SAM, AGC, momentum.
@@ -98,8 +98,8 @@ def test_run_killed_after_epoch_2_resumes_bit_exact(uninterrupted, nfstudy_home)
     epochs done) appears, then resume in this process."""
     config = make_config(OVERRIDES)
     path = checkpoint_dir(config.config_hash()) / "last.pt"
-    code = ("import sys, torch; torch.set_num_threads(1); from study.spec import RunConfig; "
-            "from study.trainer import train; train(RunConfig.model_validate_json(sys.argv[1]))")
+    code = ("import sys, torch; torch.set_num_threads(1); from study.config import RunConfig; "
+            "from study.train.trainer import train; train(RunConfig.model_validate_json(sys.argv[1]))")
     child = subprocess.Popen([sys.executable, "-c", code, config.model_dump_json()],
                              env={**os.environ, "NFSTUDY_HOME": str(nfstudy_home)})
     killed_at = None

@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.distributed import World, train_distributed, world
+from study.config.run_config import make_config
 from study.errors import ConfigError
-from study.spec import make_config
+from study.train.ddp import train_distributed
+from study.train.world import World, world
 
 OVERRIDES = {
     "model.name": "nf_resnet_small", "model.dropout": 0.0, "model.stochastic_depth": 0.0,
@@ -100,7 +101,7 @@ def test_one_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
 
 @pytest.mark.slow
 def test_train_distributed_forwards_epochs_and_matches_one_process():
-    from study.trainer import train
+    from study.train.trainer import train
 
     class Recorder:
         def __init__(self):
@@ -144,9 +145,9 @@ def test_nfstudy_run_with_nproc_per_node_trains_each_config_as_one_ddp_job(study
 
 
 if __name__ == "__main__":  # the per-rank side of the one-step probe, under torchrun
-    import torch.distributed as dist
-
     import gc
+
+    import torch.distributed as dist
 
     dist.init_process_group("gloo")
     one_step(Path(sys.argv[1]))

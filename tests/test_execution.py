@@ -1,5 +1,5 @@
-"""The queue (study/queue.py), the worker loop (study/worker.py) and the coordinator
-(study/execution.py) on real stores: Optuna journal files and SQLite MLflow under the
+"""The queue (study/run/queue.py), the worker loop (study/run/worker.py) and the coordinator
+(study/run/coordinator.py) on real stores: Optuna journal files and SQLite MLflow under the
 test's own $NFSTUDY_HOME, real processes for the races."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 
 from study.cli import main
 from study.errors import ConfigError, TrackingError
-from study.queue import Job, RunQueue
-from study.tracking import Tracking
-from study.worker import TRIAL_TAG, recover_lost, run_worker
+from study.record.tags import QUEUE_TRIAL
+from study.record.tracking import Tracking
+from study.run.queue import Job, RunQueue
+from study.run.worker import recover_lost, run_worker
 
 
 def job(config_hash: str, **changes) -> Job:
@@ -120,7 +121,7 @@ def test_a_dead_workers_trial_is_failed_its_run_killed_and_its_config_requeued(n
     proc.join(60)
     (trial,) = queue.trials([TrialState.RUNNING])
     child = tracking.start_child(experiment_id, parent_id, "s", "", "run-a", "a", {},
-                                 tags={TRIAL_TAG: f"{queue.name}#{trial._trial_id}"})
+                                 tags={QUEUE_TRIAL: f"{queue.name}#{trial._trial_id}"})
     assert recover_lost(queue, tracking) == 1
     assert recover_lost(queue, tracking) == 0
     assert MlflowClient(tracking.uri).get_run(child.run_id).info.status == "KILLED"

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from study.errors import TrackingError
-from study.queue import RunQueue
+from study.run.queue import RunQueue
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-
 from servers import mlflow_server, postgres_server
+
 from study.errors import TrackingError
-from study.queue import RunQueue
+from study.run.queue import RunQueue
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,8 @@
 import pytest
 
+from study.config.expand import expand, parse_overrides, plan
+from study.config.study_file import list_studies, load_study
 from study.errors import ConfigError
-from study.registry import expand, list_studies, load_study, parse_overrides, plan
 
 STUDY = """
 name: tiny

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from study import paths
 from study.cli import main
-from study.registry import load_study
-from study.search import plan_search
+from study.config.study_file import load_study
+from study.run.search import plan_search
 
 SMOKE = """\
 name: {name}

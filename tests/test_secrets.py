@@ -114,9 +114,9 @@ def test_credentials_and_environment_never_reach_mlflow_or_the_terminal(tmp_path
 def test_local_workers_get_storage_and_tracking_uri_in_their_environment_not_their_command_line(
         tmp_path, monkeypatch):
     """Command lines are world-readable (``ps``); a password in a URL must not be in one."""
-    from study.execution import worker_process
-    from study.queue import RunQueue, storage_url
-    from study.tracking import Tracking
+    from study.record.tracking import Tracking
+    from study.run.coordinator import worker_process
+    from study.run.queue import RunQueue, storage_url
 
     queue = RunQueue("secrets", str(tmp_path / "queue.journal"), create=True)
     tracking = Tracking("http://alice:s3cret-pw@127.0.0.1:9/")  # nothing listens: never contacted

@@ -1,7 +1,8 @@
 import pytest
 
+from study.config.run_config import RunConfig, make_config
+from study.config.study_file import StudySpec
 from study.errors import ConfigError
-from study.spec import RunConfig, StudySpec, make_config
 
 
 def test_defaults_match_design():

@@ -1,4 +1,4 @@
-"""Nothing lost when tracking fails: the spool (study/spool.py), the ChildRun fallback to it,
+"""Nothing lost when tracking fails: the spool (study/record/spool.py), the ChildRun fallback to it,
 and `nfstudy sync` (idempotent, one FINISHED run per config hash)."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from servers import free_port, mlflow_server
 
-from study import spool
 from study.cli import main
-from study.tracking import HASH, OUTCOME, PARENT_ID, ROLE, ChildRun, Tracking
+from study.record import spool
+from study.record.tags import HASH, OUTCOME, PARENT_ID, ROLE
+from study.record.tracking import ChildRun, Tracking
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,7 @@ def test_a_spooled_run_is_uploaded_once_with_everything(nfstudy_home):
     [run] = finished_children(tracking.client, experiment_id)
     assert run.data.params == {"agc.clipping": "0.01", "seed": "0"}
     assert run.data.tags[OUTCOME] == "completed" and run.data.tags[PARENT_ID] == parent_id
-    assert run.data.tags[spool.SPOOL_TAG] == path.stem
+    assert run.data.tags[spool.SPOOL_ID] == path.stem
     history = tracking.client.get_metric_history(run.info.run_id, "val/top1")
     assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.75)]
     assert not path.exists() and (path.parent / "uploaded" / path.name).exists()

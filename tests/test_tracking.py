@@ -81,7 +81,7 @@ def test_another_study_reuses_a_finished_config(study_file, capsys):
 def test_report_all_writes_every_report_and_an_index(study_file, capsys, monkeypatch):
     import shutil
 
-    from study.registry import experiments_dir
+    from study.config.study_file import experiments_dir
 
     path = study_file(STUDY)
     shutil.copytree(experiments_dir() / "presets", path.parent / "presets")
@@ -98,7 +98,7 @@ def test_a_report_of_another_scale_goes_to_its_own_folder(study_file, capsys, mo
     overwrite the base scale's (nor its MLflow artifact)."""
     import shutil
 
-    from study.registry import experiments_dir
+    from study.config.study_file import experiments_dir
 
     path = study_file(STUDY)
     shutil.copytree(experiments_dir() / "presets", path.parent / "presets")

@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from study.registry import load_preset
-from study.spec import make_config
-from study.trainer import train
+from study.config.run_config import make_config
+from study.config.study_file import load_preset
+from study.train.trainer import train
 
 
 def _smoke(**overrides):

@@ -9,8 +9,8 @@ from typing import Iterable
 
 import torch
 
+from study.config.run_config import DataConfig
 from study.errors import DataError
-from study.spec import DataConfig
 
 EVAL_BATCH_SIZE = 500
 

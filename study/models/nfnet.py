@@ -33,7 +33,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from study.errors import ConfigError
 from study.models._options import resolve_options
 from study.models._registry import register_model
 from study.models.layers import (

@@ -1,4 +1,4 @@
-"""A real SQLite MLflow store filled with the layout study.tracking writes (DESIGN.md)."""
+"""A real SQLite MLflow store filled with the layout study.record.tracking writes (DESIGN.md)."""
 
 from __future__ import annotations
 

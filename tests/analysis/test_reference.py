@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from analysis.reference import (INCONCLUSIVE, NOT_SUPPORTED, REFERENCES, SUPPORTED, RuleContext, reference)
+from analysis.reference import INCONCLUSIVE, NOT_SUPPORTED, REFERENCES, SUPPORTED, RuleContext, reference
 from study.errors import ConfigError
 
 SEEDS = (0, 1, 2)

@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from analysis.search_report import build_search_report, good_region, load_trials, paper_recommendation
 from study import paths
 from study.cli import main
-from study.registry import load_study
+from study.config.study_file import load_study
 
 STUDY = """\
 name: lam
@@ -28,7 +28,7 @@ BATCH = FloatDistribution(64, 4096)
 
 
 def _add_study(storage, name, batch, trials, *, space=("agc.clipping",)):
-    """An Optuna study laid out as study.search writes one: user attrs + one trial per row."""
+    """An Optuna study laid out as study.run.search writes one: user attrs + one trial per row."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     study.set_user_attr("fixed", {"data.batch_size": batch, "data.device_batch_size": 128, "optim.lr": 0.1,
                                   "train.steps": 150})

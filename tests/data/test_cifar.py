@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from cifar_files import to_rows, write, write_cifar10  # tests/ is on sys.path under pytest
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from cifar_files import to_rows, write, write_cifar10  # tests/ is on sys.path under pytest
 from study.data.cifar import cifar_mean_std, load_cifar
 from study.errors import DataError
 

@@ -10,7 +10,7 @@ runs on every rank over the whole split (identical results, no collective); only
 reports metrics.
 
 ``train_distributed(config, nproc)`` launches
-``python -m torch.distributed.run --standalone --nproc-per-node N -m study.distributed
+``python -m torch.distributed.run --standalone --nproc-per-node N -m study.train.ddp
 <config.json> <out_dir>`` (gloo on CPU, NCCL on CUDA). Rank 0 appends each epoch's metrics to
 ``out_dir/metrics.jsonl``, which the caller tails and forwards to its tracker, and writes the
 final result to ``out_dir/result.json``.
@@ -27,86 +27,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
+from study.config.run_config import RunConfig
 from study.errors import ConfigError
-from study.spec import RunConfig
+from study.train.trainer import resolve_device, train
+from study.train.world import World
 
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 LOG_FILE = "torchrun.log"
 _POLL_S = 0.2
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the replicas of one run (size 1 outside ``torchrun``)."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    def device(self, device: torch.device) -> torch.device:
-        """The device of this rank: ``cuda:<local rank>`` under DDP on CUDA, else ``device``."""
-        if self.size > 1 and device.type == "cuda":
-            return torch.device("cuda", self.local_rank)
-        return device
-
-    def local_batch_size(self, global_batch_size: int) -> int:
-        """Rows of each global batch that this rank trains on.
-
-        Raises:
-            ConfigError: the global batch does not split evenly over the ranks.
-        """
-        if global_batch_size % self.size:
-            raise ConfigError(f"data.batch_size: got a batch of {global_batch_size} drawn per step for "
-                              f"{self.size} processes; allowed: a multiple of the process count")
-        return global_batch_size // self.size
-
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous slice of a global batch (the whole batch on one process)."""
-        if self.size == 1:
-            return batch
-        return batch.tensor_split(self.size)[self.rank]
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in DDP when there are several ranks (rank 0's weights are broadcast)."""
-        if self.size == 1:
-            return model
-        device = next(model.parameters()).device
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The mean of ``tensor`` over the ranks (``tensor`` itself on one process)."""
-        if self.size == 1:
-            return tensor
-        total = tensor.detach().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total / self.size
-
-    def agree(self, value: int) -> bool:
-        """Whether every rank holds the same ``value`` (always true on one process)."""
-        if self.size == 1:
-            return True
-        both = torch.tensor([value, -value], dtype=torch.int64,
-                            device="cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(both, op=dist.ReduceOp.MAX)
-        return int(both[0]) == -int(both[1])
-
-
-def world() -> World:
-    """The current process's :class:`World`: from the initialised process group, else size 1."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return World()
-    return World(rank=dist.get_rank(), size=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())))
 
 
 class _JsonlSink:
@@ -140,11 +75,11 @@ def train_distributed(
         nproc: processes to start (one per GPU on a GPU box).
         tracker: receives rank 0's per-epoch metrics (``log_metrics(metrics, step)``).
         on_epoch: called with ``(epoch, metrics)`` after each epoch, as in
-            :func:`study.trainer.train`; if it raises, the processes are stopped and the
+            :func:`study.train.trainer.train`; if it raises, the processes are stopped and the
             exception propagates.
 
     Returns:
-        What :func:`study.trainer.train` returns, from rank 0.
+        What :func:`study.train.trainer.train` returns, from rank 0.
 
     Raises:
         ConfigError: ``nproc`` below 1, or a batch that does not split over ``nproc``.
@@ -156,7 +91,7 @@ def train_distributed(
     out = Path(tempfile.mkdtemp(prefix="nfstudy-ddp-"))
     (out / "config.json").write_text(config.model_dump_json())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "study.distributed", str(out / "config.json"), str(out)]
+           "-m", "study.train.ddp", str(out / "config.json"), str(out)]
     with open(out / LOG_FILE, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     offset = 0
@@ -212,9 +147,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Per-rank entry (``python -m study.distributed CONFIG_JSON OUT_DIR`` under torchrun)."""
-    from study.trainer import resolve_device, train
-
+    """Per-rank entry (``python -m study.train.ddp CONFIG_JSON OUT_DIR`` under torchrun)."""
     config_path, out_dir = argv if argv is not None else sys.argv[1:]
     out = Path(out_dir)
     config = RunConfig.model_validate_json(Path(config_path).read_text())

@@ -7,9 +7,9 @@ Everything goes through an explicit :class:`MlflowClient` and run ids (no fluent
 active-run stack). Metrics are logged asynchronously in batches, flushed at the run's end.
 
 Nothing is lost when a tracking server goes away: a child run whose call fails while the
-server does not answer goes on, writing to the local spool (:mod:`study.spool`), and
+server does not answer goes on, writing to the local spool (:mod:`study.record.spool`), and
 ``nfstudy sync`` (or the next ``nfstudy run``) uploads it. HTTP calls are bounded
-(:data:`study.preflight.HTTP_CLIENT_ENV`) so a dead server costs seconds, not minutes.
+(:data:`study.record.stores.HTTP_CLIENT_ENV`) so a dead server costs seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -26,17 +26,28 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from study import paths, preflight
+from study import paths
 from study.errors import TrackingError
-from study.redaction import redact
-from study.spool import SpoolWriter
-from study.spool import finished as spool_finished
-
-ROLE, STUDY, ARM, HASH, OUTCOME = (
-    "nfstudy.role", "nfstudy.study", "nfstudy.arm", "nfstudy.config_hash", "nfstudy.outcome",
+from study.record import stores
+from study.record.spool import SpoolWriter, finished as spool_finished
+from study.record.tags import (
+    ARM,
+    COMPLETED,
+    COPIED_FROM,
+    DIVERGED,
+    ERROR,
+    EXPERIMENT_KIND,
+    GIT_COMMIT,
+    HASH,
+    HOST,
+    NOTE,
+    OUTCOME,
+    PARENT_ID,
+    ROLE,
+    RUN_NAME,
+    STUDY,
 )
-PARENT_ID = "mlflow.parentRunId"
-EXPERIMENT_KIND = "mlflow.experimentKind"
+from study.redaction import redact
 
 
 def param_value(value: Any) -> str:
@@ -64,11 +75,11 @@ class Tracking:
     """
 
     def __init__(self, uri: str | None = None):
-        self.uri = preflight.sqlalchemy_url(paths.tracking_uri(uri))
+        self.uri = stores.sqlalchemy_url(paths.tracking_uri(uri))
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if self.uri.startswith(("http://", "https://")):
-            preflight.configure_http_client()
+            stores.configure_http_client()
         self.client = MlflowClient(self.uri)
         self.offline = False
         """True once a call failed because the server did not answer (runs go to the spool)."""
@@ -82,7 +93,7 @@ class Tracking:
         if not self.uri.startswith(("http://", "https://")):
             return True
         try:
-            preflight.check_tracking(self.uri)
+            stores.check_tracking(self.uri)
         except Exception:  # noqa: BLE001 - any failure of the probe means: not now
             return False
         return True
@@ -119,7 +130,7 @@ class Tracking:
         outcomes = {**known, **spool_finished(experiment_id)}
         if self._online():
             try:
-                known.update({run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, "completed")
+                known.update({run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
                               for run in self._finished_runs([experiment_id])})
                 outcomes.update(known)
             except Exception:
@@ -149,7 +160,7 @@ class Tracking:
         else:
             experiment_id = experiment.experiment_id
         tags = dict(parent or {})
-        selected = "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items() if k != "mlflow.runName")
+        selected = "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items() if k != RUN_NAME)
         parents = self.client.search_runs(
             [experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'{selected}", max_results=1,
             order_by=["attributes.start_time ASC"],
@@ -158,8 +169,8 @@ class Tracking:
             parent_id = parents[0].info.run_id
         else:
             run = self.client.create_run(
-                experiment_id, run_name=tags.pop("mlflow.runName", name),
-                tags={ROLE: "parent", STUDY: name, "mlflow.note.content": description, **tags},
+                experiment_id, run_name=tags.pop(RUN_NAME, name),
+                tags={ROLE: "parent", STUDY: name, NOTE: description, **tags},
             )
             parent_id = run.info.run_id
             self.client.set_terminated(parent_id, "FINISHED")
@@ -185,7 +196,7 @@ class Tracking:
         known = self._known.setdefault(experiment_id, {})
         for run in self._finished_runs([experiment_id]):
             done.setdefault(run.data.tags.get(HASH, ""), run.info.run_id)
-            known[run.data.tags.get(HASH, "")] = run.data.tags.get(OUTCOME, "completed")
+            known[run.data.tags.get(HASH, "")] = run.data.tags.get(OUTCOME, COMPLETED)
         return done
 
     def adopt_finished(self, experiment_id: str, parent_id: str, study: str,
@@ -212,7 +223,7 @@ class Tracking:
             arm, run_name = wanted.pop(config_hash)
             tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
             tags.update({PARENT_ID: parent_id, STUDY: study, ARM: arm,
-                         "nfstudy.copied_from": run.info.run_id})
+                         COPIED_FROM: run.info.run_id})
             copy = self.client.create_run(experiment_id, start_time=run.info.start_time,
                                           run_name=run_name, tags=tags)
             params = [Param(k, v) for k, v in run.data.params.items()]
@@ -232,10 +243,10 @@ class Tracking:
         """Create a RUNNING child run with its params and tags (``tags`` adds more, set in
         the same call that creates the run, e.g. the queue trial that owns it).
 
-        While the server does not answer, the child run is spooled (:mod:`study.spool`)."""
+        While the server does not answer, the child run is spooled (:mod:`study.record.spool`)."""
         tags = {
             PARENT_ID: parent_id, ROLE: "child", STUDY: study, ARM: arm, HASH: config_hash,
-            "nfstudy.git_commit": git_commit(), "nfstudy.host": socket.gethostname(),
+            GIT_COMMIT: git_commit(), HOST: socket.gethostname(),
             **(tags or {}),
         }
         header = {"study": study, "description": self._descriptions.get(experiment_id, ""),
@@ -329,10 +340,10 @@ class ChildRun:
         keep one point per epoch, except for a diverged run, whose chance-level result is
         logged one step after its last epoch."""
         self.flush()
-        outcome = str(result.get("outcome", "completed"))
+        outcome = str(result.get("outcome", COMPLETED))
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         finals = {k: v for k, v in numbers.items()
-                  if outcome == "diverged" or not k.startswith(("val/", "train/"))}
+                  if outcome == DIVERGED or not k.startswith(("val/", "train/"))}
         finals.update({f"final/{k}": v for k, v in numbers.items() if k.startswith(("val/", "train/"))})
         now = int(time.time() * 1000)
         step = int(result.get("epochs", 0))
@@ -368,11 +379,11 @@ class ChildRun:
             pass
         if reason and self.spool is None:
             try:
-                self.client.set_tag(self.run_id, "nfstudy.error", reason[:5000])
+                self.client.set_tag(self.run_id, ERROR, reason[:5000])
             except Exception as err:
                 self._to_spool(err)
         if reason and self.spool is not None:
-            self.spool.tags({"nfstudy.error": reason[:5000]})
+            self.spool.tags({ERROR: reason[:5000]})
         self._terminate(RunStatus.to_string(RunStatus.from_string(status)))
 
 

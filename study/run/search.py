@@ -58,17 +58,30 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from study import paths
-from study.errors import ConfigError, TrackingError
-from study.queue import OWNER_ATTR, owner_gone, owner_record
-from study.registry import load_preset
-from study.spec import EPOCH_METRICS, HASH_EXCLUDED_KEYS, Distribution, SearchSpec, StudySpec, make_config
-from study.tracking import OUTCOME, ChildRun, Tracking
+from study.config.run_config import HASH_EXCLUDED_KEYS, make_config
+from study.config.search_space import EPOCH_METRICS, Distribution, SearchSpec
+from study.config.study_file import StudySpec, load_preset
+from study.errors import ConfigError
+from study.record.tags import (
+    BEST_PARAMS,
+    BEST_TRIAL,
+    LOST,
+    N_TRIALS,
+    OPTUNA_STUDY,
+    OUTCOME,
+    OWNER_ATTR,
+    PRUNED,
+    PRUNED_AT_EPOCH,
+    RUN_NAME,
+    SEARCH,
+    TRIAL_NUMBER,
+)
+from study.record.tracking import ChildRun, Tracking
+from study.run.queue import owner_gone, owner_record
 
 #: Prefix of every Optuna study ``nfstudy search`` creates (other users of the storage
 #: pick other prefixes).
 STUDY_PREFIX = "nfstudy-search:"
-OPTUNA_STUDY_TAG = "nfstudy.optuna_study"
-TRIAL_NUMBER_TAG = "optuna.trial_number"
 _MAXIMIZED = ("top1", "top5", "acc")
 
 
@@ -191,7 +204,7 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
         TrackingError: the storage cannot be opened (one line naming the URL).
         ConfigError: a URL of an unsupported kind.
     """
-    from study.queue import open_storage as _open
+    from study.run.queue import open_storage as _open
 
     # The queue's opener: journal files with a kill-safe lock, RDB schema creation that
     # survives another process creating the same tables, credentials redacted in errors.
@@ -260,7 +273,7 @@ def _tracked_study(plan: SearchPlan, tracking: Tracking) -> tuple[str, str]:
     """The search's MLflow experiment and this Optuna study's parent run (created once)."""
     experiment_id, parent_id = tracking.ensure_study(
         plan.experiment, plan.spec.description,
-        parent={OPTUNA_STUDY_TAG: plan.study_name, "mlflow.runName": plan.study_name},
+        parent={OPTUNA_STUDY: plan.study_name, RUN_NAME: plan.study_name},
     )
     if not tracking.client.get_run(parent_id).data.params:
         ChildRun(tracking.client, parent_id).log_params({
@@ -305,7 +318,7 @@ def run_search(
         TrackingError: the Optuna storage or the MLflow store cannot be used.
         Exception: whatever a trial raised (the trial is recorded FAIL/FAILED first).
     """
-    from study.trainer import train
+    from study.train.trainer import train
 
     storage_url = paths.optuna_storage(storage)
     store = open_storage(storage_url)
@@ -315,7 +328,7 @@ def run_search(
                                 pruner=make_pruner(plan.search), load_if_exists=True)
     existed = len(study.trials)
     study.sampler = make_sampler(plan.search, plan.space, plan.search.sampler.seed + existed)
-    for key, value in {"nfstudy.search": plan.spec.name, "metric": plan.metric, "fixed": plan.fixed_config,
+    for key, value in {SEARCH: plan.spec.name, "metric": plan.metric, "fixed": plan.fixed_config,
                        "space": _space_dict(plan.space), "mlflow_experiment": plan.experiment,
                        "mlflow_parent_run_id": parent_id}.items():
         study.set_user_attr(key, value)
@@ -345,8 +358,8 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
     mark = time.perf_counter()
     child = tracking.start_child(experiment_id, parent_id, plan.spec.name, "", f"trial-{trial.number}",
                                  config.config_hash(), config.flat())
-    tracking.client.set_tag(child.run_id, TRIAL_NUMBER_TAG, str(trial.number))
-    tracking.client.set_tag(child.run_id, OPTUNA_STUDY_TAG, plan.study_name)
+    tracking.client.set_tag(child.run_id, TRIAL_NUMBER, str(trial.number))
+    tracking.client.set_tag(child.run_id, OPTUNA_STUDY, plan.study_name)
     tracking_s = time.perf_counter() - mark
     mark = time.perf_counter()
     trial.set_user_attr("mlflow_run_id", child.run_id)
@@ -374,8 +387,8 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
     except optuna.TrialPruned:
         record.train_s = time.perf_counter() - mark - reporting["s"]
         mark = time.perf_counter()
-        tracking.client.set_tag(child.run_id, OUTCOME, "pruned")
-        tracking.client.set_tag(child.run_id, "nfstudy.pruned_at_epoch", str(reporting["epoch"]))
+        tracking.client.set_tag(child.run_id, OUTCOME, PRUNED)
+        tracking.client.set_tag(child.run_id, PRUNED_AT_EPOCH, str(reporting["epoch"]))
         child.end("KILLED")
         tracking_s += time.perf_counter() - mark
         mark = time.perf_counter()
@@ -422,7 +435,7 @@ def recover_lost_trials(study: optuna.Study, tracking: Tracking) -> int:
         if not owner_gone(owner):
             continue
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "outcome", "lost")
+            study._storage.set_trial_user_attr(trial._trial_id, "outcome", LOST)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:  # another search recovered it first
             continue
@@ -447,6 +460,6 @@ def _log_best(study: optuna.Study, tracking: Tracking, parent_id: str, plan: Sea
     for key, value in best.params.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             tracking.client.log_metric(parent_id, f"best/{key}", float(value), step=step)
-    tracking.client.set_tag(parent_id, "nfstudy.best_params", json.dumps(best.params))
-    tracking.client.set_tag(parent_id, "nfstudy.best_trial", str(best.number))
-    tracking.client.set_tag(parent_id, "nfstudy.n_trials", str(step))
+    tracking.client.set_tag(parent_id, BEST_PARAMS, json.dumps(best.params))
+    tracking.client.set_tag(parent_id, BEST_TRIAL, str(best.number))
+    tracking.client.set_tag(parent_id, N_TRIALS, str(step))

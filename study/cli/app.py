@@ -13,17 +13,15 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
-
 from typer.exceptions import TyperException
 
 from study.errors import NfstudyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long lines (paths, URLs) stay whole, as print() leaves them
+err_console = Console(stderr=True, soft_wrap=True)
 
 _SET_HELP = "Override a config key for every run, e.g. --set agc.clipping=0.02 (repeatable)."
 _STORAGE_HELP = ("Queue storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines, or a journal file "
@@ -31,7 +29,8 @@ _STORAGE_HELP = ("Queue storage (Optuna): postgresql://USER@HOST:PORT/DB for man
 
 
 def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
-    from study.registry import load_study, parse_overrides, plan
+    from study.config.expand import parse_overrides, plan
+    from study.config.study_file import load_study
 
     spec = load_study(name)
     return spec, plan(spec, preset=preset, overrides=parse_overrides(sets))
@@ -40,7 +39,8 @@ def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
 @app.command("list")
 def list_cmd() -> None:
     """Registered studies with their run counts."""
-    from study.registry import list_studies, load_study, plan
+    from study.config.expand import plan
+    from study.config.study_file import list_studies, load_study
 
     table = Table()
     for column in ("study", "runs", "paper"):
@@ -60,7 +60,6 @@ def show(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
 ) -> None:
     """The expanded runs of a study (arm, grid values, seed, hash) and which are done."""
-    from study.tracking import Tracking
 
     spec, runs = _plan(name, preset, set_)
     done = _finished(spec.name, tracking_uri)
@@ -76,7 +75,7 @@ def show(
 def _finished(study: str, tracking_uri: Optional[str]) -> set[str]:
     """Finished hashes, without creating anything when the store or study does not exist."""
     from study import paths
-    from study.tracking import Tracking
+    from study.record.tracking import Tracking
 
     uri = paths.tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not paths.Path(uri.removeprefix("sqlite:///")).exists():
@@ -103,8 +102,9 @@ def run(
 
     The configs go into the study's queue (Optuna storage); local workers and any
     `nfstudy worker` on other machines train them. Ctrl-C stops cleanly (exit 130)."""
-    from study.execution import execute
-    from study.tracking import Tracking
+    from study.cli.progress import RunProgress
+    from study.record.tracking import Tracking
+    from study.run.coordinator import execute
 
     spec, runs = _plan(name, preset, set_)
     if dry_run:
@@ -117,38 +117,9 @@ def run(
     _preflight(runs, tracking_uri, storage)
     tracking = Tracking(tracking_uri)
     _sync_spool(tracking)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        overall = progress.add_task("runs", total=len(runs))
-        epochs = progress.add_task("epochs", total=None, visible=workers == 1)
-
-        def on_prepared(prepared):
-            notes = [f"{prepared.adopted} copied from other studies" if prepared.adopted else "",
-                     f"{prepared.recovered} lost runs recovered" if prepared.recovered else ""]
-            notes = [n for n in notes if n]
-            progress.console.print(f"{spec.name}: {len(prepared.done_before)} done, "
-                                   f"{len(runs) - len(prepared.done_before)} to run, {workers} worker(s)"
-                                   + (f" ({', '.join(notes)})" if notes else ""), markup=False)
-
-        def on_progress(finished, total):
-            progress.update(overall, completed=finished, total=total)
-
-        def on_event(event, job, result):
-            if event == "start":
-                progress.reset(epochs, total=None, description=f"  {job.run_name}")
-            elif event == "finished":
-                top1 = result.get("val/top1")
-                score = f" val/top1 {top1:.3f}" if isinstance(top1, float) else ""
-                progress.console.print(f"  {job.run_name} [{job.config_hash}]: {result['outcome']}{score}", markup=False)
-            elif event == "failed":
-                progress.console.print(f"  {job.run_name} [{job.config_hash}]: FAILED", markup=False)
-
-        def on_epoch(epoch, metrics):
-            progress.update(epochs, completed=epoch + 1,
-                            description=f"  {progress.tasks[epochs].description.split(' |')[0]} | val/top1 {metrics['val/top1']:.3f}")
-
-        summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=on_prepared,
-                          on_progress=on_progress, on_event=on_event, on_epoch=on_epoch,
+    with RunProgress(console, spec.name, len(runs), workers) as progress:
+        summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=progress.on_prepared,
+                          on_progress=progress.on_progress, on_event=progress.on_event, on_epoch=progress.on_epoch,
                           nproc_per_node=nproc_per_node)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
                   f"{len(summary.failed)} failed, {summary.done_before} were already done")
@@ -160,8 +131,9 @@ def run(
 
 def _preflight(runs, tracking_uri: Optional[str], storage: Optional[str]) -> None:
     """Data directories, tracking store and queue storage: checked before anything is written."""
-    from study import paths, preflight
-    from study.queue import storage_url
+    from study import paths
+    from study.cli import preflight
+    from study.run.queue import storage_url
 
     preflight.check_data(r.config for r in runs)
     preflight.check_tracking(paths.tracking_uri(tracking_uri))
@@ -170,7 +142,7 @@ def _preflight(runs, tracking_uri: Optional[str], storage: Optional[str]) -> Non
 
 def _sync_spool(tracking) -> None:
     """Upload runs spooled while the tracking server was unreachable (see `nfstudy sync`)."""
-    from study import spool
+    from study.record import spool
 
     if spool.pending():
         summary = spool.sync(tracking, on_run=lambda line: console.print(f"sync: {line}", markup=False))
@@ -184,8 +156,10 @@ def sync(
 ) -> None:
     """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
     unreachable. Idempotent: a config already FINISHED is not recorded twice."""
-    from study import paths, preflight, spool
-    from study.tracking import Tracking
+    from study import paths
+    from study.cli import preflight
+    from study.record import spool
+    from study.record.tracking import Tracking
 
     if not spool.pending():
         console.print("sync: nothing spooled", markup=False)
@@ -206,7 +180,7 @@ def ui(
 ) -> None:
     """MLflow UI on the same tracking database and artifacts as `run` (127.0.0.1); Ctrl-C stops."""
     from study import paths
-    from study.ui import LOOPBACK, serve
+    from study.cli.ui import LOOPBACK, serve
 
     if host is not None and host not in LOOPBACK:
         err_console.print(f"warning: --host {host} makes the UI reachable from the network; "
@@ -235,9 +209,9 @@ def worker(
     config back in the queue and exits 130."""
     import socket
 
-    from study.queue import RunQueue
-    from study.tracking import Tracking
-    from study.worker import run_worker
+    from study.record.tracking import Tracking
+    from study.run.queue import RunQueue
+    from study.run.worker import run_worker
 
     queue = RunQueue(study, storage)
     tracking = Tracking(tracking_uri)
@@ -272,9 +246,10 @@ def search(
 
     import optuna
 
-    from study.registry import load_study, parse_overrides
-    from study.search import open_storage, plan_search, run_search
-    from study.tracking import Tracking
+    from study.config.expand import parse_overrides
+    from study.config.study_file import load_study
+    from study.record.tracking import Tracking
+    from study.run.search import open_storage, plan_search, run_search
 
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -318,7 +293,7 @@ def report(
     (NAME/SCALE/ for the runs of --preset/--set, e.g. reports/clip-threshold/preset-smoke/)."""
     from analysis.report import build_index, build_report
     from study import paths
-    from study.registry import list_studies, load_study
+    from study.config.study_file import list_studies, load_study
 
     if not all_ and name is None:
         raise NfstudyError("report: give a study name, or --all")
@@ -356,8 +331,8 @@ def _signal_propagation(spec):
     import pandas as pd
     import torch
 
+    from study.config.expand import plan
     from study.models import build_model, signal_propagation
-    from study.registry import plan
 
     configs = [run.config for run in plan(spec)]
     size = configs[0].data.image_size or 16

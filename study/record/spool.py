@@ -31,9 +31,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 
 from study import paths
+from study.record.tags import COMPLETED, ERROR, HASH, OUTCOME, PARENT_ID, ROLE, SPOOL_ID
 
 #: Tag naming the spool file a run was uploaded from (idempotent uploads).
-SPOOL_TAG = "nfstudy.spool_id"
 
 
 def spool_dir() -> Path:
@@ -92,7 +92,7 @@ class SpooledRun:
 
     @property
     def config_hash(self) -> str | None:
-        return self.tags.get("nfstudy.config_hash")
+        return self.tags.get(HASH)
 
 
 def read(path: Path) -> SpooledRun | None:
@@ -149,7 +149,7 @@ def finished(experiment_id: str) -> dict[str, str]:
     for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
         run = read(path)
         if run and run.status == "FINISHED" and run.header.get("experiment_id") == experiment_id and run.config_hash:
-            done[run.config_hash] = run.tags.get("nfstudy.outcome", "completed")
+            done[run.config_hash] = run.tags.get(OUTCOME, COMPLETED)
     return done
 
 
@@ -167,7 +167,7 @@ def sync(tracking, on_run: Callable[[str], None] | None = None) -> SyncSummary:
     """Upload every pending spooled run to ``tracking``, then move its file to ``uploaded/``.
 
     Args:
-        tracking: a :class:`study.tracking.Tracking` whose server is reachable.
+        tracking: a :class:`study.record.tracking.Tracking` whose server is reachable.
         on_run: called with one line per run handled.
 
     Returns:
@@ -176,8 +176,6 @@ def sync(tracking, on_run: Callable[[str], None] | None = None) -> SyncSummary:
     Raises:
         TrackingError: the tracking store cannot be used (nothing is moved then).
     """
-    from study.tracking import PARENT_ID, ROLE
-
     summary = SyncSummary()
     for run in pending():
         header = run.header
@@ -190,13 +188,13 @@ def sync(tracking, on_run: Callable[[str], None] | None = None) -> SyncSummary:
             line = f"{header['run_name']} [{run.config_hash}]: uploaded before (run {run_id})"
         elif status == "FINISHED" and run.config_hash in done and done[run.config_hash] != run_id:
             if run_id is not None:  # created before the server went away: close it
-                client.set_tag(run_id, "nfstudy.error", "duplicate: this config was recorded FINISHED by another run")
+                client.set_tag(run_id, ERROR, "duplicate: this config was recorded FINISHED by another run")
                 client.set_terminated(run_id, "KILLED")
             summary.duplicates += 1
             line = f"{header['run_name']} [{run.config_hash}]: already FINISHED in '{header['study']}', not uploaded again"
         else:
             if run_id is None:
-                tags = {**run.tags, PARENT_ID: parent_id, SPOOL_TAG: header["spool_id"]}
+                tags = {**run.tags, PARENT_ID: parent_id, SPOOL_ID: header["spool_id"]}
                 tags.setdefault(ROLE, "child")
                 run_id = client.create_run(experiment_id, start_time=header.get("start_time"),
                                            run_name=header["run_name"], tags=tags).info.run_id
@@ -211,7 +209,7 @@ def sync(tracking, on_run: Callable[[str], None] | None = None) -> SyncSummary:
             for i in range(0, len(metrics), 1000):
                 client.log_batch(run_id, metrics=metrics[i:i + 1000])
             if run.status is None:
-                client.set_tag(run_id, "nfstudy.error", "the process died while the tracking server was unreachable")
+                client.set_tag(run_id, ERROR, "the process died while the tracking server was unreachable")
             client.set_terminated(run_id, status, end_time=run.end_time)
             summary.uploaded += 1
             line = f"{header['run_name']} [{run.config_hash}]: uploaded as {status} run {run_id}"
@@ -230,7 +228,7 @@ def _existing_run(client, experiment_id: str, header: dict[str, Any]) -> str | N
             return client.get_run(header["run_id"]).info.run_id
         except Exception:  # noqa: BLE001 - not on this server (another store): create it anew
             pass
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{SPOOL_TAG}` = '{header['spool_id']}'",
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SPOOL_ID}` = '{header['spool_id']}'",
                                max_results=1)
     return found[0].info.run_id if found else None
 

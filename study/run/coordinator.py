@@ -1,7 +1,7 @@
 """The coordinator of ``nfstudy run``: fills a study's queue, runs workers, waits.
 
 DESIGN.md "Execution". MLflow is the source of truth for what is done; the queue
-(:mod:`study.queue`, Optuna storage) only says what is to do and who does it.
+(:mod:`study.run.queue`, Optuna storage) only says what is to do and who does it.
 
 1. :func:`prepare` creates the MLflow experiment and parent run *before* any worker starts
    (workers never create them), copies in results other studies already made of the same
@@ -32,11 +32,11 @@ from typing import Any
 from optuna.trial import TrialState
 
 from study import paths
-from study.queue import Job, RunQueue
-from study.registry import PlannedRun
-from study.spec import StudySpec
-from study.tracking import Tracking
-from study.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
+from study.config.expand import PlannedRun
+from study.config.study_file import StudySpec
+from study.record.tracking import Tracking
+from study.run.queue import Job, RunQueue
+from study.run.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
 
 #: Seconds between the coordinator's looks at the queue and its workers.
 POLL_S = 0.5
@@ -191,13 +191,13 @@ def execute(
 
     Args:
         spec: the study.
-        runs: its planned runs (:func:`study.registry.plan`).
+        runs: its planned runs (:func:`study.config.plan`).
         tracking: the MLflow store.
         workers: local workers; 1 trains in this process.
-        storage: the queue's storage (:func:`study.queue.storage_url`).
+        storage: the queue's storage (:func:`study.run.queue.storage_url`).
         on_prepared: called once the queue is filled, before any training.
         on_progress: ``(finished, total)`` over the whole plan, as it changes.
-        on_event: per-run events (see :func:`study.worker.run_worker`).
+        on_event: per-run events (see :func:`study.run.worker.run_worker`).
         on_epoch: per-epoch metrics (in-process worker only).
         nproc_per_node: processes (GPUs) per run: each run becomes a torchrun DDP job.
 

@@ -29,7 +29,7 @@ holder dies, so ``kill -9`` never leaves a stale lock behind (Optuna's own lock 
 30 s for that). Journal files must not live on NFS (``fcntl`` locks are unreliable there).
 
 Limits: exactly once holds for the queue; the MLflow side is checked by the worker before
-it trains and again before it records a result (:mod:`study.worker`). A worker whose
+it trains and again before it records a result (:mod:`study.run.worker`). A worker whose
 heartbeat stalls for :data:`STALE_AFTER_S` while it is alive (a frozen machine) is taken
 for dead and its config is re-queued; if it then wakes up, it finds the result recorded
 and closes its own run as KILLED, unless both finish within the same few milliseconds.
@@ -58,6 +58,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study import paths
 from study.errors import ConfigError, TrackingError
+from study.record.tags import HEARTBEAT_ATTR, OWNER_ATTR
 
 QUEUE_PREFIX = "nfstudy-queue:"
 #: Seconds between a running trial's heartbeats (``$NFSTUDY_HEARTBEAT_S`` overrides).
@@ -67,9 +68,6 @@ STALE_AFTER_S = 6 * HEARTBEAT_S
 #: A lost run is re-queued automatically this many times in all; then it waits for the
 #: next ``nfstudy run`` (a config that kills its worker every time must not loop forever).
 MAX_ATTEMPTS = 3
-#: System attr of a RUNNING trial: the process that runs it (:func:`owner_record`).
-OWNER_ATTR = "nfstudy:owner"
-_BEAT = "nfstudy:heartbeat"
 _ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -348,7 +346,7 @@ class RunQueue:
     def beat(self, trial_id: int) -> None:
         """Record that the owner of ``trial_id`` is alive (a no-op once it is finished)."""
         with contextlib.suppress(UpdateFinishedTrialError):
-            self.storage.set_trial_system_attr(trial_id, _BEAT, time.time())
+            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def set_attr(self, trial_id: int, key: str, value: Any) -> None:
         """A user attr on a trial (e.g. its MLflow run id, outcome or error)."""
@@ -383,7 +381,7 @@ class RunQueue:
             if owner_gone(owner):
                 lost.append(trial)
                 continue
-            beat = (trial.system_attrs.get(_BEAT), owner and owner.get("pid"))
+            beat = (trial.system_attrs.get(HEARTBEAT_ATTR), owner and owner.get("pid"))
             seen = self._observed.get(trial._trial_id)
             if seen is None or seen.beat != beat:
                 self._observed[trial._trial_id] = _Observed(beat)

@@ -2,13 +2,13 @@
 
 The same loop runs in ``nfstudy worker`` (another machine, or a process started by
 ``nfstudy run --workers N``) and in-process for ``nfstudy run --workers 1``. For each
-claimed config (:class:`study.queue.Claim`):
+claimed config (:class:`study.run.queue.Claim`):
 
 1. MLflow is checked first: a config hash already FINISHED is not trained again (its
    trial is closed COMPLETE), whatever the number of workers (exactly once).
 2. The MLflow child run is started, tagged with the queue trial that owns it, and its id
    is stored on the trial; a heartbeat thread keeps the trial alive in the queue.
-3. Training (:func:`study.trainer.train`). A result is recorded in MLflow first (FINISHED,
+3. Training (:func:`study.train.trainer.train`). A result is recorded in MLflow first (FINISHED,
    outcome ``completed`` or ``diverged``), then the trial is marked COMPLETE, so a crash in
    between loses nothing: the next look at MLflow finds the result. A raise records the
    run FAILED, then the trial FAIL; the next ``nfstudy run`` re-queues it.
@@ -35,11 +35,10 @@ from typing import Any
 from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 
-from study.queue import HEARTBEAT_S, MAX_ATTEMPTS, OWNER_ATTR, Claim, Job, RunQueue
-from study.tracking import ROLE, Tracking
+from study.record.tags import DIVERGED, ERROR, OWNER_ATTR, QUEUE_TRIAL, ROLE
+from study.record.tracking import Tracking
+from study.run.queue import HEARTBEAT_S, MAX_ATTEMPTS, Claim, Job, RunQueue
 
-#: MLflow tag naming the queue trial that owns a child run (``<queue>#<trial id>``).
-TRIAL_TAG = "nfstudy.queue_trial"
 #: Seconds between looks at an empty queue while other workers still run configs.
 POLL_S = 1.0
 
@@ -90,9 +89,9 @@ def kill_orphan_runs(tracking: Tracking, queue: RunQueue, experiment_id: str, re
     )
     closed = 0
     for run in runs:
-        owner = run.data.tags.get(TRIAL_TAG)
+        owner = run.data.tags.get(QUEUE_TRIAL)
         if owner and owner.startswith(queue.name + "#") and owner not in running:
-            tracking.client.set_tag(run.info.run_id, "nfstudy.error", reason)
+            tracking.client.set_tag(run.info.run_id, ERROR, reason)
             tracking.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             closed += 1
     return closed
@@ -100,7 +99,7 @@ def kill_orphan_runs(tracking: Tracking, queue: RunQueue, experiment_id: str, re
 
 def recover_lost(queue: RunQueue, tracking: Tracking) -> int:
     """Fail the RUNNING trials whose worker is gone, mark their MLflow runs KILLED and
-    re-queue their configs (up to :data:`study.queue.MAX_ATTEMPTS` attempts in all).
+    re-queue their configs (up to :data:`study.run.queue.MAX_ATTEMPTS` attempts in all).
 
     Returns:
         How many lost trials this call recovered.
@@ -181,9 +180,9 @@ def run_worker(
         parent_pid: stop (as on Ctrl-C) when this parent process dies.
         on_event: ``(event, job, result)`` with event ``start``, ``finished``, ``failed``,
             ``skipped``.
-        on_epoch: passed to :func:`study.trainer.train`.
+        on_epoch: passed to :func:`study.train.trainer.train`.
         nproc_per_node: processes per run; above 1 each run is one torchrun DDP job
-            (:func:`study.distributed.train_distributed`).
+            (:func:`study.train.ddp.train_distributed`).
 
     Returns:
         A :class:`WorkerSummary`.
@@ -213,9 +212,9 @@ def run_worker(
 
 def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid, on_event, on_epoch,
                nproc_per_node: int = 1) -> None:
-    from study.distributed import train_distributed
-    from study.spec import make_config
-    from study.trainer import train
+    from study.config.run_config import make_config
+    from study.train.ddp import train_distributed
+    from study.train.trainer import train
 
     job = claim.job
     clock = time.perf_counter()
@@ -228,7 +227,7 @@ def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid
             on_event("skipped", job, None)
         return
     child = tracking.start_child(job.experiment_id, job.parent_id, job.study, job.arm, job.run_name,
-                                 job.config_hash, job.config, tags={TRIAL_TAG: trial_tag(queue, claim.trial_id)})
+                                 job.config_hash, job.config, tags={QUEUE_TRIAL: trial_tag(queue, claim.trial_id)})
     clock = time.perf_counter()
     queue.set_attr(claim.trial_id, "mlflow_run_id", child.run_id)
     summary.queue_s += time.perf_counter() - clock
@@ -278,7 +277,7 @@ def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid
     queue.set_attr(claim.trial_id, "outcome", result["outcome"])
     queue.complete(claim.trial_id, value if isinstance(value, float) and math.isfinite(value) else None)
     summary.queue_s += time.perf_counter() - clock
-    if result["outcome"] == "diverged":
+    if result["outcome"] == DIVERGED:
         summary.diverged += 1
     else:
         summary.completed += 1

@@ -19,12 +19,14 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from study.paths import checkpoint_dir
+from study.train.world import World
 
 _FILE = "last.pt"
 
@@ -124,3 +126,51 @@ def restore_state_(state: dict[str, Any], *, model: nn.Module, optimizer: torch.
         torch.cuda.set_rng_state(state["rng_cuda"], device)
     version, internal, gauss = state["rng_python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass
+class Progress:
+    """Where a run stands: steps and epochs done, and the last epoch's metrics."""
+
+    step: int = 0
+    first_epoch: int = 0
+    train_loss: float = float("nan")
+    val: dict[str, float] | None = None
+
+
+class Checkpointer:
+    """The checkpoint bookkeeping of one run (``train.checkpoint_every``; a no-op without it).
+
+    Args:
+        key: the run's key (its config hash); each rank of a DDP run gets its own file.
+        every: save after every ``every`` epochs; ``None`` never saves nor resumes.
+        world: this process among the run's replicas.
+        objects: what :func:`capture_state` saves (model, optimizer, scaler, ema_module,
+            generators, device).
+    """
+
+    def __init__(self, key: str, every: int | None, world: World, **objects: Any):
+        self.key = key if world.size == 1 else f"{key}-rank{world.rank}-of-{world.size}"
+        self.every, self.world, self.objects = every, world, objects
+
+    def resume(self) -> Progress:
+        """Restore the last checkpoint into the training objects; where the run stands."""
+        state = load_checkpoint(self.key) if self.every else None
+        if not self.world.agree(-1 if state is None else state["epoch"]):
+            state = None  # a kill between the ranks' saves: start over rather than mix epochs
+        if state is None:
+            return Progress()
+        restore_state_(state, **self.objects)
+        metrics = state["metrics"]
+        return Progress(state["step"], state["epoch"] + 1, metrics["train/loss"],
+                        {"top1": metrics["val/top1"], "loss": metrics["val/loss"]})
+
+    def after_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """Save when ``epoch`` (0-based) ends a period of ``every`` epochs."""
+        if self.every and (epoch + 1) % self.every == 0:
+            save_checkpoint(self.key, capture_state(**self.objects, step=step, epoch=epoch, metrics=metrics))
+
+    def finished(self) -> None:
+        """The run ended: its checkpoints are of no more use."""
+        if self.every:
+            remove_checkpoint(self.key)

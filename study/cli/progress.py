@@ -1,0 +1,63 @@
+"""The progress display of ``nfstudy run``: a bar over the study's runs, one over the current
+run's epochs (one local worker only), and a line per finished or failed run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class RunProgress:
+    """Receives the coordinator's callbacks (:func:`study.run.coordinator.execute`) and draws them.
+
+    Args:
+        console: where to draw.
+        study: the study's name (first word of the summary line).
+        total: runs in the plan.
+        workers: local workers; the epoch bar shows only when training happens in this process.
+    """
+
+    def __init__(self, console: Console, study: str, total: int, workers: int):
+        self.study, self.total, self.workers = study, total, workers
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, transient=False)
+        self._runs = self._progress.add_task("runs", total=total)
+        self._epochs = self._progress.add_task("epochs", total=None, visible=workers == 1)
+        self._run_name = ""
+
+    def __enter__(self) -> RunProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def _print(self, line: str) -> None:
+        self._progress.console.print(line, markup=False, highlight=False)
+
+    def on_prepared(self, prepared) -> None:
+        notes = [f"{prepared.adopted} copied from other studies" if prepared.adopted else "",
+                 f"{prepared.recovered} lost runs recovered" if prepared.recovered else ""]
+        notes = [n for n in notes if n]
+        self._print(f"{self.study}: {len(prepared.done_before)} done, {self.total - len(prepared.done_before)} "
+                    f"to run, {self.workers} worker(s)" + (f" ({', '.join(notes)})" if notes else ""))
+
+    def on_progress(self, finished: int, total: int) -> None:
+        self._progress.update(self._runs, completed=finished, total=total)
+
+    def on_event(self, event: str, job, result: dict[str, Any] | None) -> None:
+        if event == "start":
+            self._run_name = job.run_name
+            self._progress.reset(self._epochs, total=None, description=f"  {job.run_name}")
+        elif event == "finished":
+            top1 = result.get("val/top1")
+            score = f" val/top1 {top1:.3f}" if isinstance(top1, float) else ""
+            self._print(f"  {job.run_name} [{job.config_hash}]: {result['outcome']}{score}")
+        elif event == "failed":
+            self._print(f"  {job.run_name} [{job.config_hash}]: FAILED")
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._progress.update(self._epochs, completed=epoch + 1,
+                              description=f"  {self._run_name} | val/top1 {metrics['val/top1']:.3f}")

@@ -1,0 +1,1 @@
+"""One run: the training loop, its checkpoints, and its place among DDP replicas."""
