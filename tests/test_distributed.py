@@ -1,5 +1,5 @@
 """DDP with torchrun (gloo, 2 CPU processes) equals one process on the same global batch:
-the loss, the AGC-clipped gradient (clipped after the all-reduce, PAPER.md §4) and a whole
+the loss, the AGC-clipped gradient (clipped after the all-reduce, Brock et al. 2021 §4) and a whole
 short run. Run as a script under torchrun, this file is the per-rank side of the one-step
 probe: ``python -m torch.distributed.run --nproc-per-node 2 tests/test_distributed.py OUT``."""
 

@@ -85,7 +85,7 @@ class DataConfig(_Section):
     device_batch_size: int | None = Field(None, gt=0)
     """Cap on the batch actually drawn per step (``None`` = ``batch_size``). A preset uses it to
     map the paper's batch sizes onto a small data set while keeping the paper's learning
-    rates (PAPER.md §8); reports print the mapping."""
+    rates (docs/scale.md); reports print the mapping."""
     image_size: int | None = Field(None, gt=0)
     """Training resolution; ``None`` = the data set's (digits: upsampled to 16)."""
     test_image_size: int | None = Field(None, gt=0)
@@ -95,7 +95,7 @@ class DataConfig(_Section):
     flip: bool = False
     """Random horizontal flips (off for digits: flipped digits are other glyphs)."""
     mixup: bool = False
-    """MixUp on half of each batch and CutMix on the other half (PAPER.md §6)."""
+    """MixUp on half of each batch and CutMix on the other half (official ``nfnets/dataset.py``)."""
     mixup_alpha: float = Field(0.2, gt=0.0)
     """α of the Beta(α, α) that draws the MixUp weights and CutMix areas (paper: 0.2)."""
     randaugment: int | None = Field(None, ge=0, le=30)
@@ -148,7 +148,7 @@ class OptimConfig(_Section):
 
 class AGCConfig(_Section):
     clipping: float | None = Field(None, gt=0.0)
-    """λ of Adaptive Gradient Clipping (PAPER.md §4); ``None`` turns AGC off."""
+    """λ of Adaptive Gradient Clipping (Brock et al. 2021, §4); ``None`` turns AGC off."""
     mode: Literal["unit", "layer"] = "unit"
     """``unit``: one norm per output unit (row); ``layer``: the whole tensor as one unit."""
     eps: float = Field(1e-3, gt=0.0)
@@ -160,7 +160,7 @@ class AGCConfig(_Section):
 
 class SAMConfig(_Section):
     mode: Literal["off", "full", "fraction"] = "off"
-    """``full``: ascent on the whole batch; ``fraction``: the paper's cheap variant (PAPER.md §5)."""
+    """``full``: ascent on the whole batch; ``fraction``: the paper's cheap variant (paper §5)."""
     rho: float = Field(0.05, gt=0.0)
     fraction: float = Field(0.2, gt=0.0, le=1.0)
     """Share of the *same* batch used for the ascent step in ``fraction`` mode."""

@@ -1,7 +1,7 @@
 """NF-ResNets: normalizer-free pre-activation ResNets, and small variants for digits/CIFAR.
 
 Paper: Brock, De, Smith, *Characterizing signal propagation to close the performance gap in
-unnormalized ResNets* (ICLR 2021, [I]) and Brock et al. 2021 (NFNets), PAPER.md §2–§3.
+unnormalized ResNets* (ICLR 2021, [I]) and Brock et al. 2021 (NFNets, arXiv 2102.06171) §3.
 Official code: ``google-deepmind/deepmind-research``, ``nfnets/nf_resnet.py``.
 
 A block computes h + α · SkipInit · f(γ·act(h) · β), β = 1/sqrt(expected Var h), Var growing
@@ -13,7 +13,7 @@ Where we differ from the official code, and why:
 - β resets after any block with a projection shortcut, not after "the first block of each
   stage": the same for the ImageNet nets, and right for the small nets whose first block keeps
   the stem's width (its identity shortcut does not reset the variance).
-- Small variants (PAPER.md §8): basic blocks (two 3×3 convs), a 3×3 stride-1 stem, no max-pool
+- Small variants (docs/scale.md): basic blocks (two 3×3 convs), a 3×3 stride-1 stem, no max-pool
   and a zero-initialised classifier, for 16×16 digits and 32×32 CIFAR.
 - Dropout 0.25 before the classifier of the ImageNet NF-ResNets follows [I]'s training setup;
   the official file leaves it to the caller.
@@ -97,7 +97,7 @@ class PreActBlock(nn.Module):
     """Pre-activation residual block: basic (3×3, 3×3) or bottleneck (1×1, 3×3, 1×1).
 
     The shortcut is the identity, or a strided 1×1 conv on the pre-activated, β-scaled input
-    when the stride or the width changes (PAPER.md §2, "Transition").
+    when the stride or the width changes ([I]; official ``NFResBlock``).
     """
 
     def __init__(
@@ -197,7 +197,7 @@ class PreActResNet(nn.Module):
                 )
                 blocks.append(block)
                 channels = width
-                # PAPER.md §2: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
+                # Brock et al. 2021 §3: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
                 if block.shortcut is not None:
                     expected_var = 1.0
                 expected_var += config.alpha**2

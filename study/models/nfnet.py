@@ -1,4 +1,4 @@
-"""NFNet-F0…F6 and their BatchNorm twins (PAPER.md §3, paper Table 6 "−NF, +BN").
+"""NFNet-F0…F6 and their BatchNorm twins (Brock et al. 2021 §5, Table 6 "−NF, +BN").
 
 Paper: Brock, De, Smith, Simonyan, *High-Performance Large-Scale Image Recognition Without
 Normalization*, ICML 2021. Official code: ``google-deepmind/deepmind-research``,
@@ -49,7 +49,7 @@ from study.models.layers import (
 
 @dataclass(frozen=True)
 class NFNetConfig:
-    """Every architectural knob of an NFNet (defaults: the F-series, PAPER.md §3)."""
+    """Every architectural knob of an NFNet (defaults: the F-series, Brock et al. 2021 §5)."""
 
     depths: tuple[int, ...]
     train_image_size: int
@@ -70,7 +70,7 @@ class NFNetConfig:
     weight_standardization: bool = True
 
 
-# Train/test resolution and dropout per variant: PAPER.md §3 table (official nfnet_params).
+# Train/test resolution and dropout per variant: the paper's variant table (official nfnet_params).
 NFNET_VARIANTS: dict[str, NFNetConfig] = {
     f"nfnet_f{n}": NFNetConfig(
         depths=tuple(d * (n + 1) for d in (1, 2, 6, 3)),
@@ -84,7 +84,7 @@ NFNET_VARIANTS: dict[str, NFNetConfig] = {
 
 
 class NFBlock(nn.Module):
-    """NFNet bottleneck block with grouped 3×3 convs and Squeeze-Excite (PAPER.md §3)."""
+    """NFNet bottleneck block with grouped 3×3 convs and Squeeze-Excite (Brock et al. 2021 §5)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, *, stride: int, config: NFNetConfig,
@@ -184,7 +184,7 @@ class NFNet(nn.Module):
                 )
                 blocks.append(block)
                 channels = width
-                # PAPER.md §2: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
+                # Brock et al. 2021 §3: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
                 if block.shortcut is not None:
                     expected_var = 1.0
                 expected_var += config.alpha**2

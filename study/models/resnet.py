@@ -1,4 +1,5 @@
-"""BatchNorm twins of the NF-ResNets: the baselines of PAPER.md §7 (Fig. 2a, [I] Fig. 1).
+"""BatchNorm twins of the NF-ResNets: the baselines of Brock et al. 2021 Fig. 2a and [I] Fig. 1
+(Brock, De, Smith, ICLR 2021, arXiv 2101.08692).
 
 Each twin has its NF partner's topology (same blocks, widths, strides, shortcuts, stem and
 head; built by the same code in ``study.models.nf_resnet``) with BatchNorm before every

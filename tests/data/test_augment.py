@@ -1,4 +1,4 @@
-"""MixUp on half the batch, CutMix on the other half (PAPER.md §6)."""
+"""MixUp on half the batch, CutMix on the other half (official ``nfnets/dataset.py``)."""
 
 from __future__ import annotations
 

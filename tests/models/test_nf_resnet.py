@@ -1,4 +1,4 @@
-"""NF-ResNets and the small variants (study/models/nf_resnet.py), PAPER.md §2, §3, §8."""
+"""NF-ResNets and the small variants (study/models/nf_resnet.py), paper §3, docs/scale.md."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""NFNet-F0…F6 and their BN twins (study/models/nfnet.py), against PAPER.md §3."""
+"""NFNet-F0…F6 and their BN twins (study/models/nfnet.py), against arXiv 2102.06171."""
 
 import math
 
@@ -9,7 +9,7 @@ from torch import nn
 from study.models.layers import ScaledStdConv2d, SqueezeExcite
 from study.models.nfnet import NFNet, NFNetConfig
 
-# PAPER.md §3: variant → (exact parameters with SkipInit gains, train px, test px, dropout)
+# Official nfnets/nfnet.py: variant → (exact parameters with SkipInit gains, train px, test px, dropout)
 PAPER = {
     0: (71_489_284, 192, 256, 0.2),
     1: (132_634_256, 224, 320, 0.3),
