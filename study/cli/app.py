@@ -332,7 +332,7 @@ def _signal_propagation(spec):
     import torch
 
     from study.config.expand import plan
-    from study.models import build_model, signal_propagation
+    from study.models import build_model, model_info, signal_propagation
 
     configs = [run.config for run in plan(spec)]
     size = configs[0].data.image_size or 16
@@ -341,7 +341,7 @@ def _signal_propagation(spec):
     frames = []
     for name, chans, px in sorted(cases):
         torch.manual_seed(0)
-        extra = {} if name.startswith("bn_") else {"skipinit": False}
+        extra = {} if model_info(name).norm == "bn" else {"skipinit": False}
         model = build_model(name, num_classes=10, in_chans=chans, **extra)
         frame = signal_propagation(model, torch.randn(64, chans, px, px))
         frames.append(frame.assign(model=name))

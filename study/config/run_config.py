@@ -48,14 +48,14 @@ class ModelConfig(_Section):
     @property
     def resolved_name(self) -> str:
         """The registered model this section builds (``name`` after ``norm``)."""
-        from study.models.twins import twin_name
+        from study.models import twin_name
 
         return self.name if self.norm is None else twin_name(self.name, self.norm)
 
     @model_validator(mode="after")
     def _twin_exists(self) -> "ModelConfig":
         if self.norm is not None:
-            from study.models.twins import twin_name
+            from study.models import twin_name
 
             try:
                 twin_name(self.name, self.norm)

@@ -84,13 +84,15 @@ RESNET_VARIANTS: dict[str, ResNetConfig] = {
     "nf_resnet50": ResNetConfig(depths=(3, 4, 6, 3), **_IMAGENET),
     "nf_resnet101": ResNetConfig(depths=(3, 4, 23, 3), **_IMAGENET),
     "nf_resnet_small": ResNetConfig(**_SMALL),
-    "nf_resnet_small_nows": ResNetConfig(**_SMALL, weight_standardization=False),
     "nf_resnet_cifar": ResNetConfig(**{
         **_SMALL, "widths": (64, 128, 256), "stem_width": 64,
         "train_image_size": 32, "test_image_size": 32,
     }),
 }
 """The NF variants; ``study.models.resnet`` registers a BatchNorm twin of each."""
+
+PLAIN_TWINS: dict[str, str] = {"nf_resnet_small_nows": "nf_resnet_small"}
+"""NF twin without weight standardisation (the "unscaled" control of [I]) → its NF partner."""
 
 
 class PreActBlock(nn.Module):
@@ -242,3 +244,6 @@ def bn_twin(config: ResNetConfig) -> ResNetConfig:
 
 for _name, _config in RESNET_VARIANTS.items():
     register_model(_name)(functools.partial(create_resnet, _config))
+for _name, _partner in PLAIN_TWINS.items():
+    register_model(_name, family=_partner, norm="nf_plain")(functools.partial(
+        create_resnet, dataclasses.replace(RESNET_VARIANTS[_partner], weight_standardization=False)))

@@ -225,7 +225,7 @@ def create_nfnet(
 
 for _name, _config in NFNET_VARIANTS.items():
     register_model(_name)(functools.partial(create_nfnet, _config))
-    register_model(f"bn_{_name}")(functools.partial(
+    register_model(f"bn_{_name}", family=_name, norm="bn")(functools.partial(
         create_nfnet,
         dataclasses.replace(_config, normalization="batch", weight_standardization=False),
     ))

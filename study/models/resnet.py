@@ -28,4 +28,5 @@ BN_TWINS: dict[str, str] = {
 """BatchNorm twin name → NF partner name."""
 
 for _name, _partner in BN_TWINS.items():
-    register_model(_name)(functools.partial(create_resnet, bn_twin(RESNET_VARIANTS[_partner])))
+    register_model(_name, family=_partner, norm="bn")(
+        functools.partial(create_resnet, bn_twin(RESNET_VARIANTS[_partner])))
