@@ -20,12 +20,20 @@ from study.errors import ConfigError, did_you_mean
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
 HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers")
-#: Keys added after the first release, with the behaviour the code had before they existed.
-#: At that value a key is left out of the config hash, so adding a knob never renames the
-#: runs already recorded; set to anything else, it is hashed like every other key.
+def _legacy_classifier_init_std(config: "RunConfig") -> float:
+    from study.models import legacy_classifier_init_std
+
+    return legacy_classifier_init_std(config.model.name)
+
+
+#: Keys added after the first release, with the behaviour the code had before they existed
+#: (a function of the config where that behaviour differed between models). At that value a
+#: key is left out of the config hash, so adding a knob never renames the runs already
+#: recorded; set to anything else, it is hashed like every other key.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
+    "model.classifier_init_std": _legacy_classifier_init_std,
 }
 
 
@@ -40,6 +48,10 @@ class ModelConfig(_Section):
     """Dropout before the classifier; ``None`` = the variant's default (NFNet-F0: 0.2)."""
     stochastic_depth: float | None = Field(None, ge=0.0, lt=1.0)
     """Final stochastic-depth rate (grows linearly with depth); ``None`` = the variant's default."""
+    classifier_init_std: float = Field(0.01, ge=0.0)
+    """Std of the classifier weight's N(0, std²) init, bias 0 (official: 0.01); 0 starts it at
+    zero, as the small nets did before this key (docs/scale.md: a zero classifier that AGC
+    clips sits on the ε floor)."""
     norm: Literal["nf", "bn", "nf_plain"] | None = None
     """Swap ``name`` for its twin: ``nf`` Normalizer-Free (Scaled WS), ``bn`` the BatchNorm
     twin, ``nf_plain`` NF with plain convs (the "unscaled" control). Lets one study compare
@@ -191,10 +203,15 @@ class RunConfig(_Section):
         """Short stable hash: canonical JSON (sorted keys) of the resolved config, without
         the machine-local keys in :data:`HASH_EXCLUDED_KEYS` and the later-added keys of
         :data:`HASH_NEUTRAL_DEFAULTS` while they keep their original behaviour."""
-        flat = {k: v for k, v in self.flat().items()
-                if k not in HASH_EXCLUDED_KEYS and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+        flat = {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def _neutral(self, key: str, value: Any) -> bool:
+        if key not in HASH_NEUTRAL_DEFAULTS:
+            return False
+        before = HASH_NEUTRAL_DEFAULTS[key]
+        return value == (before(self) if callable(before) else before)
 
     @property
     def peak_lr(self) -> float:

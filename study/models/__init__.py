@@ -21,7 +21,8 @@ from study.models._registry import (
            twins,
 )
 from study.models.macs import count_macs
+from study.models.nf_resnet import legacy_classifier_init_std
 from study.models.spp import signal_propagation
 
-__all__ = ["NORMS", "ModelInfo", "build_model", "count_macs", "list_models", "model_info", "register_model",
+__all__ = ["NORMS", "ModelInfo", "build_model", "count_macs", "legacy_classifier_init_std", "list_models", "model_info", "register_model",
            "signal_propagation", "twin_name", "twins"]

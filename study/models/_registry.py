@@ -41,7 +41,8 @@ def register_model(name: str, *, family: str | None = None, norm: Norm = "nf") -
     """Register a builder under ``name`` (decorator).
 
     The builder takes keyword-only arguments: ``num_classes``, ``in_chans``, ``dropout``,
-    ``stochastic_depth`` (``None`` = the variant's default) and any model-specific options;
+    ``stochastic_depth``, ``classifier_init_std`` (``None`` = the variant's default) and any
+    model-specific options;
     :func:`build_model` accepts exactly those.
 
     Args:
@@ -131,7 +132,7 @@ def build_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Modu
         name: a name from :func:`list_models`.
         num_classes: outputs of the classifier.
         **overrides: the builder's options, e.g. ``in_chans=1``, ``dropout=0.0``,
-            ``stochastic_depth=0.1``, ``skipinit=False`` (NF models).
+            ``stochastic_depth=0.1``, ``classifier_init_std=0.0``, ``skipinit=False`` (NF models).
 
     Returns:
         The model, with ``get_classifier()`` and a ``default_config`` dict.
@@ -170,4 +171,7 @@ def build_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Modu
         raise ConfigError(f"model {name!r}: in_chans must be a positive int; got {in_chans!r}")
     for key in ("dropout", "stochastic_depth"):
         _check_rate(name, key, overrides.get(key))
+    std = overrides.get("classifier_init_std")
+    if std is not None and not (isinstance(std, (int, float)) and std >= 0.0):
+        raise ConfigError(f"model {name!r}: classifier_init_std must be >= 0 or None; got {std!r}")
     return builder(num_classes=num_classes, **overrides)

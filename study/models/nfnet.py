@@ -138,6 +138,8 @@ class NFNet(nn.Module):
         dropout: before the classifier; ``None`` = the variant's (F0 0.2 … F6 0.5).
         stochastic_depth: last block's rate; ``None`` = ``config.stochastic_depth`` (0.25).
         skipinit: SkipInit gains (NF only); ``False`` fixes them at 1. ``None`` = on for NF.
+        classifier_init_std: std of the classifier weight's N(0, std²) init (bias 0); ``None`` =
+            ``config.classifier_init_std`` (0.01, as the official code).
 
     Raises:
         ConfigError: ``skipinit=True`` for a BatchNorm net.
@@ -146,11 +148,12 @@ class NFNet(nn.Module):
     def __init__(
         self, config: NFNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
         dropout: float | None = None, stochastic_depth: float | None = None,
-        skipinit: bool | None = None,
+        skipinit: bool | None = None, classifier_init_std: float | None = None,
     ) -> None:
         super().__init__()
         options = resolve_options(config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
-                                  stochastic_depth=stochastic_depth, skipinit=skipinit)
+                                  stochastic_depth=stochastic_depth, skipinit=skipinit,
+                                  classifier_init_std=classifier_init_std)
         nf, skipinit = options.nf, options.skipinit
         dropout, stochastic_depth = options.dropout, options.stochastic_depth
         self.config = config
@@ -196,7 +199,7 @@ class NFNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(head_width, num_classes)
-        init_classifier_(self.fc, config.classifier_init_std)
+        init_classifier_(self.fc, options.classifier_init_std)
 
     def get_classifier(self) -> nn.Linear:
         """Return the final linear layer (AGC leaves its weight unclipped)."""
@@ -214,12 +217,12 @@ class NFNet(nn.Module):
 def create_nfnet(
     config: NFNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
     dropout: float | None = None, stochastic_depth: float | None = None,
-    skipinit: bool | None = None,
+    skipinit: bool | None = None, classifier_init_std: float | None = None,
 ) -> NFNet:
     """Build an :class:`NFNet` (the registered builders are this with a config bound)."""
     return NFNet(
         config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
-        stochastic_depth=stochastic_depth, skipinit=skipinit,
+        stochastic_depth=stochastic_depth, skipinit=skipinit, classifier_init_std=classifier_init_std,
     )
 
 

@@ -8,7 +8,9 @@ standard pre-activation ResNet (He et al. 2016, "Identity Mappings"), with a fin
 before pooling.
 
 Where we differ from common BN ResNets: the last BN of each branch is not zero-initialised
-(that would be SkipInit by another name, which the twin is meant to lack).
+(that would be SkipInit by another name, which the twin is meant to lack). The classifier
+starts at N(0, 0.01) like its NF partner's, where the official BN ResNet
+(``nfnets/resnet.py``) defaults to a zero one: the twins differ only in normalisation.
 """
 
 from __future__ import annotations
