@@ -20,6 +20,8 @@ from study.errors import ConfigError, did_you_mean
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
 HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers")
+
+
 def _legacy_classifier_init_std(config: "RunConfig") -> float:
     from study.models import legacy_classifier_init_std
 

@@ -1,4 +1,4 @@
-"""The options every network takes (per-variant defaults of the paper): resolved once, shared by the
+"""The options every network takes, with per-variant defaults: resolved once, shared by the
 NF-ResNet and NFNet classes."""
 
 from __future__ import annotations
