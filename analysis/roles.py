@@ -126,9 +126,8 @@ def mapping_caption(frame: pd.DataFrame) -> str | None:
     Returns:
         e.g. ``"paper batch → real batch 256 → 64, 4096 → 64; peak lr 0.1, 1.6; 300 steps"``.
     """
-    mapped = DEVICE_BATCH in frame.columns and BATCH in frame.columns and (
-        frame[DEVICE_BATCH].map(str) != frame[BATCH].map(str)
-    ).any()
+    mapped = DEVICE_BATCH in frame.columns and BATCH in frame.columns and any(
+        real_batch(b, d) != b for b, d in zip(frame[BATCH], frame[DEVICE_BATCH]))
     steps = frame[STEPS].dropna().unique().tolist() if STEPS in frame.columns else []
     steps = [s for s in steps if not missing(s)]
     if not mapped and not steps:

@@ -40,6 +40,8 @@ def test_mapping_caption_says_what_ran():
     frame = pd.DataFrame({roles.BATCH: [256, 4096, 4096], roles.DEVICE_BATCH: [128, 128, 128],
                           roles.LR: [0.1, 0.1, 0.1], roles.STEPS: [300, 300, 300]})
     assert roles.mapping_caption(frame) == "paper batch → real batch 256 → 128, 4096 → 128; peak lr 0.1, 1.6; 300 steps"
+    unmapped = pd.DataFrame({roles.BATCH: [128], roles.DEVICE_BATCH: [None], roles.STEPS: [None]})
+    assert roles.mapping_caption(unmapped) is None
 
 
 def test_best_option_selects_on_the_mean_per_group():
