@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (issue 9): each one is answered by the real CLI with ONE line
+"""The catalogue of bad inputs: each one is answered by the real CLI with ONE line
 on stderr that names the problem and what is allowed, exit code 2, no traceback, and
 nothing written (no MLflow database, no run, no queue) under $NFSTUDY_HOME.
 

@@ -1,4 +1,4 @@
-"""Fault tests of the execution engine (issue 7): kill -9 of a worker and of the
+"""Fault tests of the execution engine: kill -9 of a worker and of the
 coordinator, two kills in one grid, 8 workers on a fresh store, a run that raises, a run
 that diverges, Ctrl-C. Each ends with every config FINISHED exactly once in MLflow,
 nothing lost, and no run left RUNNING. Real processes, real stores, smoke-sized runs."""
@@ -122,7 +122,7 @@ def test_kill_9_of_the_coordinator_then_run_again(study_file, nfstudy_home):
 
 @pytest.mark.slow
 def test_grid_of_24_survives_two_random_kill_9s(study_file, nfstudy_home):
-    """Issue 7's bar: 24 digits runs, --workers 2, two kill -9s at random points."""
+    """The bar: 24 digits runs, --workers 2, two kill -9s at random points."""
     path = grid_study(study_file, "two-kills", clippings=12)
     rng = random.Random(7)
     coordinator = start("run", str(path), "--workers", "2")

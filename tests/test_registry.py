@@ -3,6 +3,7 @@ import pytest
 from study.config.expand import expand, parse_overrides, plan
 from study.config.study_file import list_studies, load_study
 from study.errors import ConfigError
+from study.models import list_models
 
 STUDY = """
 name: tiny
@@ -47,11 +48,19 @@ def test_same_seeds_for_every_arm_even_with_overrides(study_file):
     assert seeds == {"nf": [0, 1], "nf-agc": [0, 1]}
 
 
-def test_registered_studies_all_expand():
-    names = list_studies()
-    assert "quickstart" in names
-    for name in names:
-        assert plan(load_study(name), preset="smoke")
+def test_the_registered_studies_include_the_quickstart():
+    assert "quickstart" in list_studies()
+
+
+@pytest.mark.parametrize("name", list_studies())
+@pytest.mark.parametrize("preset", [None, "smoke"])
+def test_registered_study_expands(name, preset):
+    spec = load_study(name)
+    runs = plan(spec, preset=preset)
+    assert {r.arm for r in runs} == (set(spec.arms) if spec.arms else {""})  # every arm has runs
+    assert {r.seed for r in runs} == set(spec.seeds)
+    assert len({r.config_hash for r in runs}) == len(runs)
+    assert all(r.config.model.resolved_name in list_models() for r in runs)
 
 
 def test_set_values_are_yaml_scalars():

@@ -340,7 +340,7 @@ def _signal_propagation(spec, need):
 
     from study.config.expand import plan
     from study.config.run_config import ModelConfig
-    from study.models import build_model, signal_propagation
+    from study.models import build_model, model_info, signal_propagation
 
     configs = [run.config for run in plan(spec)]
     size = configs[0].data.image_size or 16
@@ -353,7 +353,7 @@ def _signal_propagation(spec, need):
     frames = []
     for (name, chans, px), norm in sorted(cases.items(), key=lambda item: item[0]):
         torch.manual_seed(0)
-        extra = {} if name.startswith("bn_") else {"skipinit": False}
+        extra = {} if model_info(name).norm == "bn" else {"skipinit": False}
         model = build_model(name, num_classes=10, in_chans=chans, **extra)
         frame = signal_propagation(model, torch.randn(need.batch, chans, px, px))
         frames.append(frame.assign(model=name, norm=norm))

@@ -20,12 +20,22 @@ from study.errors import ConfigError, did_you_mean
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
 HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers")
-#: Keys added after the first release, with the behaviour the code had before they existed.
-#: At that value a key is left out of the config hash, so adding a knob never renames the
-#: runs already recorded; set to anything else, it is hashed like every other key.
+
+
+def _legacy_classifier_init_std(config: "RunConfig") -> float:
+    from study.models import legacy_classifier_init_std
+
+    return legacy_classifier_init_std(config.model.name)
+
+
+#: Keys added after the first release, with the behaviour the code had before they existed
+#: (a function of the config where that behaviour differed between models). At that value a
+#: key is left out of the config hash, so adding a knob never renames the runs already
+#: recorded; set to anything else, it is hashed like every other key.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
+    "model.classifier_init_std": _legacy_classifier_init_std,
 }
 
 
@@ -40,6 +50,10 @@ class ModelConfig(_Section):
     """Dropout before the classifier; ``None`` = the variant's default (NFNet-F0: 0.2)."""
     stochastic_depth: float | None = Field(None, ge=0.0, lt=1.0)
     """Final stochastic-depth rate (grows linearly with depth); ``None`` = the variant's default."""
+    classifier_init_std: float = Field(0.01, ge=0.0)
+    """Std of the classifier weight's N(0, std²) init, bias 0 (official: 0.01); 0 starts it at
+    zero, as the small nets did before this key (docs/scale.md: a zero classifier that AGC
+    clips sits on the ε floor)."""
     norm: Literal["nf", "bn", "nf_plain"] | None = None
     """Swap ``name`` for its twin: ``nf`` Normalizer-Free (Scaled WS), ``bn`` the BatchNorm
     twin, ``nf_plain`` NF with plain convs (the "unscaled" control). Lets one study compare
@@ -48,14 +62,14 @@ class ModelConfig(_Section):
     @property
     def resolved_name(self) -> str:
         """The registered model this section builds (``name`` after ``norm``)."""
-        from study.models.twins import twin_name
+        from study.models import twin_name
 
         return self.name if self.norm is None else twin_name(self.name, self.norm)
 
     @model_validator(mode="after")
     def _twin_exists(self) -> "ModelConfig":
         if self.norm is not None:
-            from study.models.twins import twin_name
+            from study.models import twin_name
 
             try:
                 twin_name(self.name, self.norm)
@@ -85,7 +99,7 @@ class DataConfig(_Section):
     device_batch_size: int | None = Field(None, gt=0)
     """Cap on the batch actually drawn per step (``None`` = ``batch_size``). A preset uses it to
     map the paper's batch sizes onto a small data set while keeping the paper's learning
-    rates (PAPER.md §8); reports print the mapping."""
+    rates (docs/scale.md); reports print the mapping."""
     image_size: int | None = Field(None, gt=0)
     """Training resolution; ``None`` = the data set's (digits: upsampled to 16)."""
     test_image_size: int | None = Field(None, gt=0)
@@ -95,7 +109,7 @@ class DataConfig(_Section):
     flip: bool = False
     """Random horizontal flips (off for digits: flipped digits are other glyphs)."""
     mixup: bool = False
-    """MixUp on half of each batch and CutMix on the other half (PAPER.md §6)."""
+    """MixUp on half of each batch and CutMix on the other half (official ``nfnets/dataset.py``)."""
     mixup_alpha: float = Field(0.2, gt=0.0)
     """α of the Beta(α, α) that draws the MixUp weights and CutMix areas (paper: 0.2)."""
     randaugment: int | None = Field(None, ge=0, le=30)
@@ -148,7 +162,7 @@ class OptimConfig(_Section):
 
 class AGCConfig(_Section):
     clipping: float | None = Field(None, gt=0.0)
-    """λ of Adaptive Gradient Clipping (PAPER.md §4); ``None`` turns AGC off."""
+    """λ of Adaptive Gradient Clipping (Brock et al. 2021, §4); ``None`` turns AGC off."""
     mode: Literal["unit", "layer"] = "unit"
     """``unit``: one norm per output unit (row); ``layer``: the whole tensor as one unit."""
     eps: float = Field(1e-3, gt=0.0)
@@ -160,7 +174,7 @@ class AGCConfig(_Section):
 
 class SAMConfig(_Section):
     mode: Literal["off", "full", "fraction"] = "off"
-    """``full``: ascent on the whole batch; ``fraction``: the paper's cheap variant (PAPER.md §5)."""
+    """``full``: ascent on the whole batch; ``fraction``: the paper's cheap variant (paper §5)."""
     rho: float = Field(0.05, gt=0.0)
     fraction: float = Field(0.2, gt=0.0, le=1.0)
     """Share of the *same* batch used for the ascent step in ``fraction`` mode."""
@@ -191,10 +205,15 @@ class RunConfig(_Section):
         """Short stable hash: canonical JSON (sorted keys) of the resolved config, without
         the machine-local keys in :data:`HASH_EXCLUDED_KEYS` and the later-added keys of
         :data:`HASH_NEUTRAL_DEFAULTS` while they keep their original behaviour."""
-        flat = {k: v for k, v in self.flat().items()
-                if k not in HASH_EXCLUDED_KEYS and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+        flat = {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def _neutral(self, key: str, value: Any) -> bool:
+        if key not in HASH_NEUTRAL_DEFAULTS:
+            return False
+        before = HASH_NEUTRAL_DEFAULTS[key]
+        return value == (before(self) if callable(before) else before)
 
     @property
     def peak_lr(self) -> float:

@@ -1,4 +1,4 @@
-"""MixUp on one half of a batch and CutMix on the other (PAPER.md §6).
+"""MixUp on one half of a batch and CutMix on the other (the NFNets recipe).
 
 Official code: ``deepmind-research/nfnets/dataset.py`` (``my_mixup_cutmix``): each MixUp example
 gets its own ratio ``lam ~ Beta(alpha, alpha)`` (alpha = 0.2); each CutMix example gets its own

@@ -1,5 +1,5 @@
 """ImageNet-style image trees (``root/train/<class>/*``, ``root/val/<class>/*``) with the
-paper's input pipeline (PAPER.md §6).
+paper's input pipeline (Brock et al. 2021; official ``nfnets/dataset.py``).
 
 Training: Inception-style ``RandomResizedCrop`` at the training resolution, a horizontal
 flip, and RandAugment with 4 layers at the variant's magnitude (F0…F6: 5/10/10/15/15/15/15).
@@ -31,8 +31,8 @@ from study.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RANDAUGMENT_LAYERS = 4  # PAPER.md §6
-EVAL_CROP_PADDING = 32  # PAPER.md §6: resize to test + 32, centre crop test
+RANDAUGMENT_LAYERS = 4  # the NFNet recipe (official nfnets/dataset.py)
+EVAL_CROP_PADDING = 32  # official nfnets/dataset.py: resize to test + 32, centre crop test
 PREFETCH_FACTOR = 4  # batches each worker keeps ready
 
 

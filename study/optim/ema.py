@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights, evaluated in place of the model (PAPER.md §6).
+"""Exponential moving average of the weights, evaluated in place of the model (NFNets recipe).
 
 The paper evaluates an EMA of the weights with decay 0.99999 and a warmup of the decay,
 ``decay_t = min(decay, (1 + t) / (10 + t))``, so that early averages are not dominated by the

@@ -1,4 +1,4 @@
-"""Sharpness-Aware Minimisation and the paper's cheap variant (PAPER.md §5).
+"""Sharpness-Aware Minimisation and the paper's cheap variant.
 
 Foret et al. 2021 (SAM); Brock et al. 2021, §5 and App. A.4. One SAM step:
 

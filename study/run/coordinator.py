@@ -1,6 +1,6 @@
 """The coordinator of ``nfstudy run``: fills a study's queue, runs workers, waits.
 
-DESIGN.md "Execution". MLflow is the source of truth for what is done; the queue
+README "Many workers and machines". MLflow is the source of truth for what is done; the queue
 (:mod:`study.run.queue`, Optuna storage) only says what is to do and who does it.
 
 1. :func:`prepare` creates the MLflow experiment and parent run *before* any worker starts

@@ -1,6 +1,6 @@
 """The run queue: an Optuna study in Optuna storage, one trial per config to train.
 
-DESIGN.md "Execution": there is no scheduler of our own. A study's queue is the Optuna
+README "Many workers and machines": there is no scheduler of our own. A study's queue is the Optuna
 study ``nfstudy-queue:<study>``; each config to train is a WAITING trial whose user attrs
 carry everything a worker needs (the flat config, its hash, arm, run name, grid point and
 the MLflow experiment and parent ids), so a worker on another machine needs no study file.

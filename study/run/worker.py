@@ -254,7 +254,7 @@ def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         raise
-    except Exception as err:  # noqa: BLE001 - record the failure first, then go on (STYLE.md)
+    except Exception as err:  # noqa: BLE001 - record the failure first, then go on
         reason = "".join(traceback.format_exception_only(err)).strip()
         child.end("FAILED", reason)
         queue.set_attr(claim.trial_id, "error", reason[:2000])

@@ -4,8 +4,8 @@ The run keeps the meaning of its config: ``data.batch_size`` is the *global* bat
 learning-rate rule (``optim.lr``·B/256) is unchanged. Every rank draws the same global batch
 (the loaders' order comes from the shared seed) and trains on its contiguous slice of it;
 DDP averages the gradients, so the mean loss and its gradient equal one process on the whole
-batch, and AGC, called after ``backward()``, clips the all-reduced gradient (PAPER.md §4).
-The SAM ascent runs inside ``no_sync()``: local to each replica (PAPER.md §5). Evaluation
+batch, and AGC, called after ``backward()``, clips the all-reduced gradient (paper §4).
+The SAM ascent runs inside ``no_sync()``: local to each replica (Brock et al. 2021, §5). Evaluation
 runs on every rank over the whole split (identical results, no collective); only rank 0
 reports metrics.
 

@@ -233,7 +233,8 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float
 
 def _build_model(config: RunConfig, data, device: torch.device) -> torch.nn.Module:
     model = build_model(config.model.resolved_name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        dropout=config.model.dropout, stochastic_depth=config.model.stochastic_depth).to(device)
+                        dropout=config.model.dropout, stochastic_depth=config.model.stochastic_depth,
+                        classifier_init_std=config.model.classifier_init_std).to(device)
     return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 

@@ -1,13 +1,13 @@
-"""MixUp on half the batch, CutMix on the other half (PAPER.md §6)."""
+"""MixUp on half the batch, CutMix on the other half (official ``nfnets/dataset.py``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from study.data.augment import mixup_cutmix
 from study.errors import ConfigError, DataError
+from study.train.trainer import _loss
 
 
 def constant_images(batch, size=16):
@@ -84,12 +84,42 @@ def test_reproducible_with_a_generator_and_input_untouched():
     assert torch.equal(images, copy)
 
 
-def test_cross_entropy_smooths_soft_targets_as_documented():
-    logits = torch.randn(5, 4, dtype=torch.float64)
-    soft = torch.softmax(torch.randn(5, 4, dtype=torch.float64), dim=1)
-    smoothed = 0.9 * soft + 0.1 / 4
-    expected = -(smoothed * torch.log_softmax(logits, dim=1)).sum(1).mean()
-    torch.testing.assert_close(F.cross_entropy(logits, soft, label_smoothing=0.1), expected)
+def _official_loss(logits, labels, mix_labels, ratio, smoothing, num_classes):
+    """The official training loss (nfnets/experiment.py ``_loss_fn``), written out in float64:
+    one-hot labels mixed by ``ratio``, then smoothed to (1 − s)·y + s/C, then the mean softmax
+    cross-entropy of the float32-cast logits."""
+    eye = torch.eye(num_classes, dtype=torch.float64)
+    y = ratio[:, None] * eye[labels] + (1 - ratio[:, None]) * eye[mix_labels]
+    y = (1 - smoothing) * y + smoothing / num_classes
+    z = logits.float().double()
+    log_softmax = z - z.max(1, keepdim=True).values
+    log_softmax = log_softmax - log_softmax.exp().sum(1, keepdim=True).log()
+    return -(y * log_softmax).sum(1).mean()
+
+
+@pytest.mark.parametrize("logits_dtype", [torch.float32, torch.bfloat16])
+def test_training_loss_on_mixed_targets_is_the_official_loss(logits_dtype):
+    """Our targets (mixup_cutmix) through our training loss (the trainer's, with label
+    smoothing 0.1) against the official recipe computed independently: every example's own
+    and partner label, its ratio (MixUp weight or CutMix pixel fraction), smoothing after
+    mixing, logits cast up from bf16 as autocast leaves them."""
+    batch, num_classes = 12, 10
+    images = constant_images(batch)
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8])
+    mixed, targets = mixup_cutmix(images, labels, num_classes, generator=torch.Generator().manual_seed(4))
+    partner = torch.cat([torch.arange(batch // 2).flip(0), torch.arange(batch // 2, batch).flip(0)])
+    # Each example's ratio read back from its pixels (image i is the constant i + 1), not from
+    # the targets under test: the mean pixel is ratio·own + (1 − ratio)·partner.
+    own, other = torch.arange(batch) + 1.0, partner + 1.0
+    ratio = (mixed.mean(dim=(1, 2, 3)) - other) / (own - other)
+    logits = torch.randn(batch, num_classes, generator=torch.Generator().manual_seed(5)).to(logits_dtype)
+    ours = _loss(logits, targets, label_smoothing=0.1)
+    reference = _official_loss(logits, labels, labels[partner], ratio, 0.1, num_classes)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-6)
+    # Hard labels (no MixUp): the same loss with ratio 1.
+    hard = _official_loss(logits, labels, labels, torch.ones(batch, dtype=torch.float64), 0.1, num_classes)
+    torch.testing.assert_close(_loss(logits, labels, label_smoothing=0.1).double(), hard, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs():

@@ -1,4 +1,4 @@
-"""EMA of the weights with the paper's decay warmup (PAPER.md §6)."""
+"""EMA of the weights with the paper's decay warmup (the NFNets recipe, Brock et al. 2021)."""
 
 from __future__ import annotations
 
