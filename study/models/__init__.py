@@ -8,8 +8,9 @@ Example:
 """
 
 from study.models import nf_resnet, nfnet, resnet  # noqa: F401  (registers the models)
-from study.models._registry import build_model, list_models, register_model
+from study.models._registry import InputDefaults, build_model, input_defaults, list_models, register_model
 from study.models.macs import count_macs
 from study.models.spp import signal_propagation
 
-__all__ = ["build_model", "count_macs", "list_models", "register_model", "signal_propagation"]
+__all__ = ["InputDefaults", "build_model", "count_macs", "input_defaults", "list_models", "register_model",
+           "signal_propagation"]

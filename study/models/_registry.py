@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import nn
@@ -13,9 +14,20 @@ from study.errors import ConfigError
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INPUTS: dict[str, InputDefaults] = {}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+@dataclass(frozen=True)
+class InputDefaults:
+    """The input recipe a model was designed with (timm's ``default_cfg`` idea): training and
+    test resolution and RandAugment magnitude, used by ImageFolder runs that leave them unset."""
+
+    image_size: int
+    test_image_size: int
+    randaugment: int | None = None
+
+
+def register_model(name: str, *, inputs: InputDefaults | None = None) -> Callable[[Builder], Builder]:
     """Register a builder under ``name`` (decorator).
 
     The builder takes keyword-only arguments: ``num_classes``, ``in_chans``, ``dropout``,
@@ -24,6 +36,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 
     Args:
         name: the name users pass as ``model.name``.
+        inputs: the model's input recipe (:func:`input_defaults`), if it has one.
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -36,9 +49,21 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = builder
+        if inputs is not None:
+            _INPUTS[name] = inputs
         return builder
 
     return decorator
+
+
+def input_defaults(name: str) -> InputDefaults | None:
+    """The input recipe registered with model ``name`` (``None`` if it has none).
+
+    Example:
+        >>> input_defaults("nfnet_f3")
+        InputDefaults(image_size=320, test_image_size=416, randaugment=15)
+    """
+    return _INPUTS.get(name)
 
 
 def list_models() -> list[str]:
