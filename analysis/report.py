@@ -26,6 +26,7 @@ from analysis.runs import load_runs, parent_run_id, results
 from analysis.stats import format_ci, paired_delta, summarise
 
 TEST_METRIC = "test/top1"
+EMA_TEST_METRIC = "test/top1_ema"
 CI_METHOD = ("Means are over seeds; intervals are two-sided 95% Student-t intervals over seeds (or "
              "over seed pairs for Δ). With fewer than 5 seeds a t-interval is wide and assumes "
              "normality; `analysis.stats.bootstrap_ci` gives a percentile bootstrap to compare. "
@@ -149,8 +150,16 @@ def _paper_figure(paper, frame, metric, grid_keys):
     return draw()
 
 
+def headline_metric(frame: pd.DataFrame) -> str:
+    """The test metric a report leads with: the EMA weights' (``test/top1_ema``) when every
+    run evaluated them, as the paper reports its EMA weights; else ``test/top1``."""
+    if EMA_TEST_METRIC in frame.columns and len(frame) and frame[EMA_TEST_METRIC].notna().all():
+        return EMA_TEST_METRIC
+    return TEST_METRIC
+
+
 def _claims(spec, frame, spp, grid_keys) -> tuple[_Section, list[dict]]:
-    context = RuleContext(grid_keys=tuple(grid_keys), select_metric=spec.metric)
+    context = RuleContext(grid_keys=tuple(grid_keys), select_metric=spec.metric, test_metric=headline_metric(frame))
     result = reference(spec.paper)
     judged = [(claim, frame) for claim in result.claims if spec.paper != "spp"]
     if spp is not None and spec.paper in ("table6", "spp"):
@@ -223,7 +232,7 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *, spp: 
     frame = results(runs)
     grid_keys = [k for k in (spec.grid or {}) if k in frame.columns]
     arms = list(spec.arms or {})
-    metrics = list(dict.fromkeys([spec.metric, TEST_METRIC]))
+    metrics = list(dict.fromkeys([spec.metric, headline_metric(frame)]))
     sections = [_Section("Study", [
         spec.description or "",
         f"Paper result: `{spec.paper}`." if spec.paper else "No paper result attached.",

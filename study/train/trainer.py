@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from study.config.run_config import RunConfig
 from study.data import build_data
-from study.data.augment import mixup_cutmix
 from study.models import build_model
 from study.optim.agc import AGC, agc_parameters
 from study.optim.ema import EMA
@@ -123,7 +122,8 @@ def train(
     Returns:
         ``outcome`` (``completed`` or ``diverged``), ``val/top1``, ``val/loss``,
         ``test/top1``, ``test/loss``, ``train/loss``, ``time/step_ms``, ``time/total_s``,
-        ``epochs``, ``steps``.
+        ``epochs``, ``steps``; with ``optim.ema_decay`` also ``test/top1_ema`` and
+        ``test/loss_ema`` (the EMA weights on the test split).
 
     Example:
         >>> from study import expand, load_study, train
@@ -134,7 +134,8 @@ def train(
     world.local_batch_size(config.real_batch_size)
     seed_everything(config.seed + world.rank)  # the data order uses config.seed on every rank
     device = world.device(resolve_device(config.train.device))
-    data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last)
+    data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last,
+                      model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
     forward = torch.compile(replicated) if config.train.compile else replicated
@@ -149,9 +150,8 @@ def train(
     precision = Precision(config.train.precision, device)
     scaler = precision.scaler
     loss_fn = functools.partial(_loss, label_smoothing=config.train.label_smoothing)
-    generators = {"mixup": torch.Generator(device=device).manual_seed(config.seed)} if config.data.mixup else {}
     checkpoints = Checkpointer(config.config_hash(), config.train.checkpoint_every, world, model=model,
-                               optimizer=optimizer, scaler=scaler, generators=generators, device=device,
+                               optimizer=optimizer, scaler=scaler, generators={}, device=device,
                                ema_module=ema.module if ema is not None else None)
     progress = checkpoints.resume()
     step, train_loss, epochs_done = progress.step, progress.train_loss, progress.first_epoch
@@ -163,19 +163,14 @@ def train(
         loss_sum = torch.zeros((), device=device)
         batches = 0
         epoch_start = time.perf_counter()
-        for x, y in data.train:
+        for x, targets in data.train:  # this rank's rows of the global batch, MixUp/CutMix done
             if step >= schedule.total_steps:
                 break
             lr = lr_at(step, schedule.total_steps, schedule.warmup_steps, config.peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            targets = y
-            if config.data.mixup:  # on the global batch: every rank mixes the same pairs
-                x, targets = mixup_cutmix(x, y, data.num_classes, alpha=config.data.mixup_alpha,
-                                          generator=generators["mixup"])
-            x, targets = world.shard(x), world.shard(targets)  # this rank's slice
-            if sam is not None:
-                sam.ascend_(loss_fn, x, targets)
+            if sam is not None:  # the ascent runs the descent's forward, autocast and scaling
+                sam.ascend_(loss_fn, x, targets, forward=forward, autocast=precision.autocast, scale=scaler.scale)
             with precision.autocast():
                 loss = loss_fn(forward(x), targets)
             scaler.scale(loss).backward()
@@ -188,7 +183,7 @@ def train(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update_(model, step)
+                ema.update_(step)
             loss_sum += loss.detach()
             batches += 1
             step += 1
@@ -222,9 +217,13 @@ def train(
     test = chance if outcome == DIVERGED else evaluate(model, data.test, precision.autocast)
     val = chance if outcome == DIVERGED else val
     checkpoints.finished()
-    return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "test/top1": test["top1"],
-            "test/loss": test["loss"], "train/loss": train_loss, "time/step_ms": _step_ms(epoch_times),
-            "time/total_s": time.perf_counter() - start, "epochs": epochs_done, "steps": step}
+    result = {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "test/top1": test["top1"],
+              "test/loss": test["loss"], "train/loss": train_loss, "time/step_ms": _step_ms(epoch_times),
+              "time/total_s": time.perf_counter() - start, "epochs": epochs_done, "steps": step}
+    if ema is not None:  # the paper reports the EMA weights: reports lead with test/top1_ema
+        ema_test = chance if outcome == DIVERGED else evaluate(ema.module, data.test, precision.autocast)
+        result.update({"test/top1_ema": ema_test["top1"], "test/loss_ema": ema_test["loss"]})
+    return result
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float) -> torch.Tensor:
