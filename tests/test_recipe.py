@@ -32,6 +32,27 @@ def _jpeg_tree(root, classes=("ant", "bee", "cat"), train=10, val=3):
     return root
 
 
+def test_the_nfnet_preset_resolves_to_the_official_numbers(study_file):
+    """``experiment_nfnets.py``'s config, key by key (docs/RECIPE.md)."""
+    from study import expand, load_study
+
+    spec = load_study(str(study_file("name: preset\nseeds: [0]\n")))
+    (config,) = expand(spec, preset="nfnet", overrides={"data.root": "/data/imagenet"})
+    assert config.model.name == "nfnet_f0" and config.model.dropout is None  # the variant's 0.2
+    assert config.data.batch_size == 4096 and config.peak_lr == pytest.approx(1.6)
+    assert (config.optim.momentum, config.optim.nesterov, config.optim.weight_decay) == (0.9, True, 2e-5)
+    assert (config.train.epochs, config.optim.warmup_epochs, config.train.label_smoothing) == (360, 5, 0.1)
+    assert config.optim.ema_decay == 0.99999 and config.train.precision == "bf16"
+    assert (config.agc.clipping, config.agc.mode, config.agc.eps, config.agc.exclude) == (
+        0.01, "unit", 1e-3, ["classifier.weight"])
+    data = config.data
+    assert (data.mixup, data.mixup_alpha, data.mixup_pairing, data.augment_before_mix) == (True, 0.2, "disjoint", False)
+    assert (data.randaugment, data.randaugment_policy) == ("auto", "official")
+    assert (data.train_crop, data.interpolation, data.eval_resize, data.val_size) == (
+        "official", "bicubic", "squash", 10_000)
+    assert config.sam.mode == "off"
+
+
 def test_recipe_keys_are_hash_neutral_at_their_defaults():
     defaults = RunConfig().flat()
     for key in RECIPE_KEYS:
@@ -89,6 +110,15 @@ def test_sam_ascent_runs_under_the_runs_autocast():
         handle.remove()
     assert result["outcome"] == "completed" and dtypes and set(dtypes) == {torch.bfloat16}
     assert 0 <= result["test/top1_ema"] <= 1 and result["test/loss_ema"] > 0
+
+
+def test_the_readme_command_validates_with_the_nfnet_preset(tmp_path, nfstudy_home, capsys):
+    from study.cli import main
+
+    root = _jpeg_tree(tmp_path / "imagenet")
+    code = main(["run", "clip-threshold", "--preset", "nfnet", "--set", f"data.root={root}", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "45 to run" in out  # 3 batch sizes x 5 lambdas x 3 seeds, F0 each
 
 
 @pytest.mark.slow
