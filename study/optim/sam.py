@@ -108,9 +108,10 @@ class SAM:
             p.grad = None
         norm_stats = _save_running_stats(self.model)
         no_sync = getattr(self.model, "no_sync", nullcontext)
+        forward = self.model if forward is None else forward  # not `or`: a compiled module has no truth value
         with no_sync():
             with autocast():
-                loss = loss_fn((forward or self.model)(inputs[:n]), targets[:n])
+                loss = loss_fn(forward(inputs[:n]), targets[:n])
             (loss if scale is None else scale(loss)).backward()
         _restore_running_stats_(norm_stats)
         with torch.no_grad():

@@ -138,7 +138,9 @@ def train(
                       model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
-    forward = torch.compile(replicated) if config.train.compile else replicated
+    # Static shapes: SAM's ascent runs a smaller batch, which gets its own graph instead of
+    # turning the step's graph dynamic.
+    forward = torch.compile(replicated, dynamic=False) if config.train.compile else replicated
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
                                 nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
     agc = (AGC(agc_parameters(model, config.agc.exclude), config.agc.clipping, eps=config.agc.eps,
@@ -213,17 +215,26 @@ def train(
             on_epoch(epoch, metrics)
         checkpoints.after_epoch(epoch, step, metrics)
 
-    chance = {"top1": 1.0 / data.num_classes, "loss": float("nan")}
-    test = chance if outcome == DIVERGED else evaluate(model, data.test, precision.autocast)
-    val = chance if outcome == DIVERGED else val
+    val = {"top1": 1.0 / data.num_classes, "loss": float("nan")} if outcome == DIVERGED else val
     checkpoints.finished()
-    result = {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "test/top1": test["top1"],
-              "test/loss": test["loss"], "train/loss": train_loss, "time/step_ms": _step_ms(epoch_times),
-              "time/total_s": time.perf_counter() - start, "epochs": epochs_done, "steps": step}
-    if ema is not None:  # the paper reports the EMA weights: reports lead with test/top1_ema
-        ema_test = chance if outcome == DIVERGED else evaluate(ema.module, data.test, precision.autocast)
-        result.update({"test/top1_ema": ema_test["top1"], "test/loss_ema": ema_test["loss"]})
-    return result
+    return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "train/loss": train_loss,
+            **_test_metrics(model, ema, data, precision, diverged=outcome == DIVERGED),
+            "time/step_ms": _step_ms(epoch_times), "time/total_s": time.perf_counter() - start,
+            "epochs": epochs_done, "steps": step}
+
+
+def _test_metrics(model: torch.nn.Module, ema: EMA | None, data, precision: Precision, *,
+                  diverged: bool) -> dict[str, float]:
+    """``test/top1`` and ``test/loss`` (chance and NaN for a diverged run), and the same of the
+    EMA weights as ``test/top1_ema``, ``test/loss_ema``: the paper reports those, so reports
+    lead with them."""
+    chance = {"top1": 1.0 / data.num_classes, "loss": float("nan")}
+    metrics = {}
+    for suffix, net in (("", model), ("_ema", None if ema is None else ema.module)):
+        if net is not None:
+            test = chance if diverged else evaluate(net, data.test, precision.autocast)
+            metrics |= {f"test/top1{suffix}": test["top1"], f"test/loss{suffix}": test["loss"]}
+    return metrics
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float) -> torch.Tensor:

@@ -204,3 +204,13 @@ def test_ascent_scales_the_loss_and_keeps_the_direction():
     assert len(scaled_losses) == 1
     for plain, scaled in zip(*moves):
         torch.testing.assert_close(plain, scaled, rtol=1e-9, atol=1e-12)
+
+
+def test_a_compiled_module_is_accepted_as_the_forward():
+    """``torch.compile`` returns a module without a truth value (``len()`` raises): the
+    forward must be taken as given, not through ``forward or model``."""
+    model = tiny_model()
+    inputs, targets = batch(6)
+    sam = SAM(model, rho=0.05, mode="full")
+    sam.ascend_(F.cross_entropy, inputs, targets, forward=torch.compile(model, backend="eager"))
+    sam.restore_()
