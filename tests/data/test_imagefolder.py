@@ -245,3 +245,16 @@ def test_randaugment_after_mixing_acts_on_each_mixed_image(tmp_path):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(plan.seed, _AUGMENT_MIXED, row))
             assert torch.equal(augmented[row], augment(image))
+
+
+def test_a_flat_tree_trains_end_to_end(tmp_path):
+    """``root/<class>/*`` (torchvision's layout) trains: splits carved, a real run completes."""
+    from study.config.run_config import make_config
+    from study.train.trainer import train
+
+    _flat(tmp_path)
+    result = train(make_config({"data.name": "imagefolder", "data.root": str(tmp_path), "data.image_size": 8,
+                                "data.batch_size": 6, "data.num_workers": 0, "data.mixup": True,
+                                "model.name": "nf_resnet_small", "train.steps": 3, "train.device": "cpu"}))
+    assert result["outcome"] == "completed" and result["steps"] == 3
+    assert 0 <= result["test/top1"] <= 1 and 0 <= result["val/top1"] <= 1
