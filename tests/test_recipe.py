@@ -53,6 +53,17 @@ def test_the_nfnet_preset_resolves_to_the_official_numbers(study_file):
     assert config.sam.mode == "off"
 
 
+def test_reports_lead_with_the_ema_weights_when_every_run_has_them():
+    import pandas as pd
+
+    from analysis.roles import headline_metric
+
+    both = pd.DataFrame({"test/top1": [0.5, 0.6], "test/top1_ema": [0.55, 0.65]})
+    assert headline_metric(both) == "test/top1_ema"
+    mixed = both.assign(**{"test/top1_ema": [0.55, float("nan")]})  # one run without EMA
+    assert headline_metric(mixed) == headline_metric(both.drop(columns="test/top1_ema")) == "test/top1"
+
+
 def test_recipe_keys_are_hash_neutral_at_their_defaults():
     defaults = RunConfig().flat()
     for key in RECIPE_KEYS:
