@@ -90,7 +90,7 @@ def _results_sections(spec, frame: pd.DataFrame, excluded: str, others: int, gri
                       if others else "")
         return [Section("Results", ["**No runs yet.**" + (f" Not results: {excluded}." if excluded else "")
                                     + other_text])]
-    metrics = [m for m in dict.fromkeys([spec.metric, roles.TEST_METRIC]) if m in frame.columns]
+    metrics = [m for m in dict.fromkeys([spec.metric, roles.headline_metric(frame)]) if m in frame.columns]
     blocks = [
         f"{len(frame)} results ({int((frame['outcome'] == DIVERGED).sum())} diverged)"
         + (f"; not counted: {excluded} (FAILED/KILLED/RUNNING runs are not results)." if excluded else "."),
@@ -202,7 +202,8 @@ def build_report(spec, tracking_uri: str | None, out_dir, command: str, *,
         runs = runs[runs["config_hash"].isin(config_hashes)]
     frame = results(runs)
     grid_keys = [k for k in (spec.grid or {}) if k in frame.columns]
-    context = RuleContext(grid_keys=tuple(grid_keys), select_metric=spec.metric)
+    context = RuleContext(grid_keys=tuple(grid_keys), select_metric=spec.metric,
+                          test_metric=roles.headline_metric(frame))
     frames = {**(inputs or {}), RUNS: frame}
     excluded = runs[~runs["run_id"].isin(frame["run_id"])]
     counts = ", ".join(f"{n} {status.lower()}" for status, n in excluded["status"].value_counts().items())

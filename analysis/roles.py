@@ -27,6 +27,8 @@ STEPS = "train.steps"
 VAL_METRIC = "val/top1"
 TEST_METRIC = "test/top1"
 """Claims are judged on the held-out test split; selection (best λ) uses validation."""
+EMA_TEST_METRIC = "test/top1_ema"
+"""The test accuracy of the EMA weights (runs with ``optim.ema_decay``), what the paper reports."""
 STEP_MS = "time/step_ms"
 
 SPP_MODEL, SPP_NORM = "model", "norm"
@@ -142,3 +144,13 @@ def mapping_caption(frame: pd.DataFrame) -> str | None:
     if steps:
         parts.append(", ".join(f"{int(s)}" for s in sorted(steps)) + " steps")
     return "; ".join(parts)
+
+
+def headline_metric(frame: pd.DataFrame) -> str:
+    """The test metric a report leads with and judges claims on: the EMA weights'
+    (:data:`EMA_TEST_METRIC`) when every run evaluated them, as the paper reports its EMA
+    weights; else :data:`TEST_METRIC` (a study mixing runs with and without EMA compares
+    raw weights with raw weights)."""
+    if EMA_TEST_METRIC in frame.columns and len(frame) and frame[EMA_TEST_METRIC].notna().all():
+        return EMA_TEST_METRIC
+    return TEST_METRIC

@@ -36,7 +36,8 @@ def one_step(out: Path) -> None:
     from study.optim.agc import AGC, agc_parameters
 
     here = world()
-    config = make_config(OVERRIDES)
+    # Class-index targets, as before the loaders learned to mix (MixUp is not what this probes).
+    config = make_config({**OVERRIDES, "data.mixup": False})
     data = build_data(config.data, config.real_batch_size, torch.device("cpu"), config.seed)
     torch.manual_seed(0)  # rank 0's initial weights are broadcast by DDP
     model = build_model(config.model.name, num_classes=data.num_classes, in_chans=data.in_chans,

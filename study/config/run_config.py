@@ -36,7 +36,19 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
     "model.classifier_init_std": _legacy_classifier_init_std,
+    "data.val_size": None,
+    "data.mixup_pairing": "mirror",
+    "data.randaugment_policy": "torchvision",
+    "data.augment_before_mix": True,
+    "data.train_crop": "torchvision",
+    "data.interpolation": "bilinear",
+    "data.eval_resize": "shorter_side",
 }
+#: Keys only ImageFolder reads, with their defaults: set otherwise on another data set they
+#: would change nothing, so the config is refused.
+IMAGEFOLDER_ONLY = {"data.randaugment": None, "data.randaugment_policy": "torchvision",
+                    "data.augment_before_mix": True, "data.train_crop": "torchvision",
+                    "data.interpolation": "bilinear", "data.eval_resize": "shorter_side"}
 
 
 class _Section(BaseModel):
@@ -101,21 +113,53 @@ class DataConfig(_Section):
     map the paper's batch sizes onto a small data set while keeping the paper's learning
     rates (docs/scale.md); reports print the mapping."""
     image_size: int | None = Field(None, gt=0)
-    """Training resolution; ``None`` = the data set's (digits: upsampled to 16)."""
+    """Training resolution; ``None`` = the data set's (digits: upsampled to 16; ImageFolder:
+    the model's, e.g. NFNet-F0 192, else 224)."""
     test_image_size: int | None = Field(None, gt=0)
-    """Evaluation resolution (ImageFolder: resize to test+32, centre crop); ``None`` = image_size."""
+    """Evaluation resolution (ImageFolder: resize to test+32, centre crop); ``None`` = the
+    model's when ``image_size`` is unset too (NFNet-F0 256), else ``image_size``."""
     crop_pad: int = Field(1, ge=0)
     """Random translation in pixels (pad + crop) for training batches."""
     flip: bool = False
     """Random horizontal flips (off for digits: flipped digits are other glyphs)."""
     mixup: bool = False
-    """MixUp on half of each batch and CutMix on the other half (official ``nfnets/dataset.py``)."""
+    """MixUp on half of each batch and CutMix on the other half (paper §4.1, App. A)."""
     mixup_alpha: float = Field(0.2, gt=0.0)
-    """α of the Beta(α, α) that draws the MixUp weights and CutMix areas (paper: 0.2)."""
-    randaugment: int | None = Field(None, ge=0, le=30)
-    """RandAugment magnitude with 4 layers (ImageFolder only); ``None`` = off."""
+    """α of the Beta(α, α) that draws the MixUp weights (paper: 0.2)."""
+    mixup_pairing: Literal["mirror", "disjoint"] = "mirror"
+    """Which images MixUp/CutMix pairs: ``disjoint`` reads 2B images per step and mixes
+    disjoint halves (official; an epoch is then two passes over the images); ``mirror``
+    reads B and mixes each half with itself reversed."""
+    val_size: int | None = Field(None, gt=0)
+    """Images carved from the training set as the tuning split (``val/*``), fixed and seeded;
+    ``None`` = 10,000 for ImageFolder (official) or 5,000 for CIFAR, a tenth of a smaller set.
+    digits and fake have fixed splits."""
+    randaugment: int | Literal["auto"] | None = None
+    """RandAugment magnitude (0..30) with 4 layers (ImageFolder only); ``auto`` = the
+    model's (NFNet-F0 5, F1/F2 10, F3+ 15, none for other models); ``None`` = off."""
+    randaugment_policy: Literal["torchvision", "official"] = "torchvision"
+    """``official``: the NFNet code's 16 ops, argument m/10 of the range, Cutout, SolarizeAdd;
+    ``torchvision``: ``v2.RandAugment`` (m/30, 14 ops)."""
+    augment_before_mix: bool = True
+    """RandAugment on each image before MixUp/CutMix (``false``: on the mixed images, the
+    official NFNet order)."""
+    train_crop: Literal["torchvision", "official"] = "torchvision"
+    """Random crop sampler: ``official`` (TensorFlow's distorted bounding box, ≥ 10% of the
+    image) or ``torchvision`` (``RandomResizedCrop``)."""
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    """Resizing of the training crop and the evaluation image (official: bicubic)."""
+    eval_resize: Literal["shorter_side", "squash"] = "shorter_side"
+    """Evaluation: resize the shorter side (``shorter_side``, aspect kept) or both sides
+    (``squash``, official NFNets) to test + 32 px, then centre-crop."""
     num_examples: int | None = Field(None, gt=0)
     """``fake`` only: how many synthetic training images."""
+
+    @field_validator("randaugment", mode="before")
+    @classmethod
+    def _magnitude(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (type(value) is int and 0 <= value <= 30):
+            return value
+        raise ValueError("allowed: a magnitude 0..30, auto or null")
     num_workers: int = Field(4, ge=0)
     """DataLoader workers (ImageFolder only; device-resident data sets need none)."""
 
@@ -195,6 +239,12 @@ class RunConfig(_Section):
     def _consistent(self) -> RunConfig:
         if self.data.name == "imagefolder" and self.data.root is None:
             raise ValueError("data.root is required for data.name=imagefolder")
+        flat = self.flat()
+        if self.data.name != "imagefolder" and (keys := [k for k, v in IMAGEFOLDER_ONLY.items() if flat[k] != v]):
+            raise ValueError(f"{', '.join(keys)}: only data.name=imagefolder reads them (this run: "
+                             f"data.name={self.data.name}); leave them at their defaults")
+        if self.data.name in ("digits", "fake") and self.data.val_size is not None:
+            raise ValueError(f"data.val_size: {self.data.name} has a fixed validation split; leave it null")
         return self
 
     def flat(self) -> dict[str, Any]:

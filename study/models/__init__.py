@@ -11,18 +11,21 @@ Example:
 
 from study.models import nf_resnet, nfnet, resnet  # noqa: F401  (registers the models)
 from study.models._registry import (
-           NORMS,
-           ModelInfo,
-           build_model,
-           list_models,
-           model_info,
-           register_model,
-           twin_name,
-           twins,
+    NORMS,
+    InputDefaults,
+    ModelInfo,
+    build_model,
+    input_defaults,
+    list_models,
+    model_info,
+    register_model,
+    twin_name,
+    twins,
 )
 from study.models.macs import count_macs
 from study.models.nf_resnet import legacy_classifier_init_std
 from study.models.spp import signal_propagation
 
-__all__ = ["NORMS", "ModelInfo", "build_model", "count_macs", "legacy_classifier_init_std", "list_models", "model_info", "register_model",
-           "signal_propagation", "twin_name", "twins"]
+__all__ = ["NORMS", "InputDefaults", "ModelInfo", "build_model", "count_macs", "input_defaults",
+           "legacy_classifier_init_std", "list_models", "model_info", "register_model", "signal_propagation",
+           "twin_name", "twins"]

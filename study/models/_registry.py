@@ -37,7 +37,21 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, family: str | None = None, norm: Norm = "nf") -> Callable[[Builder], Builder]:
+_INPUTS: dict[str, InputDefaults] = {}
+
+
+@dataclass(frozen=True)
+class InputDefaults:
+    """The input recipe a model was designed with (timm's ``default_cfg`` idea): training and
+    test resolution and RandAugment magnitude, used by ImageFolder runs that leave them unset."""
+
+    image_size: int
+    test_image_size: int
+    randaugment: int | None = None
+
+
+def register_model(name: str, *, family: str | None = None, norm: Norm = "nf",
+                   inputs: InputDefaults | None = None) -> Callable[[Builder], Builder]:
     """Register a builder under ``name`` (decorator).
 
     The builder takes keyword-only arguments: ``num_classes``, ``in_chans``, ``dropout``,
@@ -50,6 +64,7 @@ def register_model(name: str, *, family: str | None = None, norm: Norm = "nf") -
         family: the NF model this one is a twin of; ``None`` = ``name`` (an NF model heads
             its own family).
         norm: this model's kind within its family: ``nf``, ``bn`` or ``nf_plain``.
+        inputs: the model's input recipe (:func:`input_defaults`), if it has one.
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -72,6 +87,8 @@ def register_model(name: str, *, family: str | None = None, norm: Norm = "nf") -
             raise ValueError(f"model {name!r}: family {family!r} already has a {norm} model, {taken[0]!r}")
         _MODELS[name] = builder
         _INFO[name] = ModelInfo(name, family, norm)
+        if inputs is not None:
+            _INPUTS[name] = inputs
         return builder
 
     return decorator
@@ -113,6 +130,16 @@ def twin_name(name: str, norm: str) -> str:
         raise ConfigError(f"model.norm={norm}: model '{name}' has no {norm} twin; "
                           f"its family has: {', '.join(members)}")
     return members[norm]
+
+
+def input_defaults(name: str) -> InputDefaults | None:
+    """The input recipe registered with model ``name`` (``None`` if it has none).
+
+    Example:
+        >>> input_defaults("nfnet_f3")
+        InputDefaults(image_size=320, test_image_size=416, randaugment=15)
+    """
+    return _INPUTS.get(name)
 
 
 def list_models() -> list[str]:

@@ -221,10 +221,13 @@ def create_norm_act(channels: int, activation: str, *, normalization: str) -> nn
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-Excite gate: x · gate_gain · sigmoid(FC(act(FC(avgpool x)))) (``base.SqueezeExcite``).
+    """Squeeze-Excite gate: x · gate_gain · sigmoid(FC(act(FC(avgpool x)))) (Hu et al. 2018;
+    NFNets, arXiv 2102.06171, §4.1).
 
     Plain ``nn.Linear`` layers with bias (not weight-standardised), ReLU inside as in the
     official ``base.SqueezeExcite``; the ×2 keeps the expected gate at 1 at initialisation.
+    Initialised as Haiku's ``hk.Linear`` (the official layers): weights from a normal with
+    std 1/√fan_in truncated at ±2 std, biases zero (PyTorch's default is uniform).
 
     Args:
         channels: input = output channels.
@@ -243,6 +246,10 @@ class SqueezeExcite(nn.Module):
         self.act = GammaAct(activation, gamma=1.0)
         self.fc1 = nn.Linear(hidden, channels)
         self.gate_gain = gate_gain
+        for fc in (self.fc0, self.fc1):
+            std = fc.in_features ** -0.5
+            nn.init.trunc_normal_(fc.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.fc1(self.act(self.fc0(x.mean(dim=(2, 3)))))

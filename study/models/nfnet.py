@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from study.models._options import resolve_options
-from study.models._registry import register_model
+from study.models._registry import InputDefaults, register_model
 from study.models.layers import (
     BranchTap,
     SqueezeExcite,
@@ -55,6 +55,8 @@ class NFNetConfig:
     train_image_size: int
     test_image_size: int
     dropout: float
+    randaugment: int | None = None
+    """RandAugment magnitude of the training recipe (4 layers; official ``experiment_nfnets.py``)."""
     widths: tuple[int, ...] = (256, 512, 1536, 1536)
     stem_widths: tuple[int, ...] = (16, 32, 64, 128)
     group_width: int = 128
@@ -70,15 +72,16 @@ class NFNetConfig:
     weight_standardization: bool = True
 
 
-# Train/test resolution and dropout per variant: the paper's variant table (official nfnet_params).
+# Train/test resolution and dropout per variant (official ``base.nfnet_params``), RandAugment
+# magnitude (official ``experiment_nfnets.py``: '405', '410', '410', '415', …).
 NFNET_VARIANTS: dict[str, NFNetConfig] = {
     f"nfnet_f{n}": NFNetConfig(
         depths=tuple(d * (n + 1) for d in (1, 2, 6, 3)),
-        train_image_size=train, test_image_size=test, dropout=dropout,
+        train_image_size=train, test_image_size=test, dropout=dropout, randaugment=magnitude,
     )
-    for n, (train, test, dropout) in enumerate([
-        (192, 256, 0.2), (224, 320, 0.3), (256, 352, 0.4), (320, 416, 0.4),
-        (384, 512, 0.5), (416, 544, 0.5), (448, 576, 0.5),
+    for n, (train, test, dropout, magnitude) in enumerate([
+        (192, 256, 0.2, 5), (224, 320, 0.3, 10), (256, 352, 0.4, 10), (320, 416, 0.4, 15),
+        (384, 512, 0.5, 15), (416, 544, 0.5, 15), (448, 576, 0.5, 15),
     ])
 }
 
@@ -227,8 +230,9 @@ def create_nfnet(
 
 
 for _name, _config in NFNET_VARIANTS.items():
-    register_model(_name)(functools.partial(create_nfnet, _config))
-    register_model(f"bn_{_name}", family=_name, norm="bn")(functools.partial(
+    _inputs = InputDefaults(_config.train_image_size, _config.test_image_size, _config.randaugment)
+    register_model(_name, inputs=_inputs)(functools.partial(create_nfnet, _config))
+    register_model(f"bn_{_name}", family=_name, norm="bn", inputs=_inputs)(functools.partial(
         create_nfnet,
         dataclasses.replace(_config, normalization="batch", weight_standardization=False),
     ))

@@ -164,6 +164,19 @@ def test_squeeze_excite_gate():
     torch.testing.assert_close(se(x), expected)
 
 
+def test_squeeze_excite_init_is_haikus_truncated_normal():
+    """Official ``hk.Linear``: weights ~ N(0, 1/fan_in) truncated at ±2 std, zero biases."""
+    torch.manual_seed(0)
+    se = SqueezeExcite(1024)  # fc0: 1024 -> 512, fc1: 512 -> 1024
+    for fc in (se.fc0, se.fc1):
+        std = fc.in_features ** -0.5
+        weight = fc.weight.detach()
+        assert weight.abs().max() <= 2 * std and torch.equal(fc.bias, torch.zeros_like(fc.bias))
+        # A normal truncated at ±2σ keeps 0.8796σ of spread (PyTorch's uniform default: 0.577σ).
+        assert weight.std().item() == pytest.approx(0.8796 * std, rel=0.01)
+        assert abs(weight.mean().item()) < 0.01 * std
+
+
 def test_stochastic_depth_drops_whole_samples_without_rescaling():
     torch.manual_seed(0)
     drop = StochasticDepth(0.3)
