@@ -24,9 +24,14 @@ HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_wo
 #: At that value a key is left out of the config hash, so adding a knob never renames the
 #: runs already recorded; set to anything else, it is hashed like every other key.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "data.id": None,
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
 }
+
+
+#: Data sets read from ``data.root``.
+ON_DISK_DATA = ("cifar10", "cifar100", "imagefolder")
 
 
 class _Section(BaseModel):
@@ -78,7 +83,13 @@ class DataConfig(_Section):
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
     """Data set. ``digits`` is embedded (scikit-learn), the others load from ``root``."""
     root: str | None = None
-    """Data set directory. Never downloads unless ``download`` is true."""
+    """Data set directory. Never downloads unless ``download`` is true. Machine-local: not in
+    the config hash (``id`` stands for the contents)."""
+    id: str | None = None
+    """What the data set *is*, in the run's identity (config hash). ``None``: for the on-disk
+    data sets (cifar10, cifar100, imagefolder) the study's expansion fills in a fingerprint
+    of the files under ``root`` (:mod:`study.data.fingerprint`); set it (``imagenet-2012``)
+    to name a version yourself and skip the scan."""
     download: bool = False
     batch_size: int = Field(128, gt=0)
     """Global batch size B as the paper counts it: the learning rate is ``optim.lr``·B/256."""
@@ -104,6 +115,11 @@ class DataConfig(_Section):
     """``fake`` only: how many synthetic training images."""
     num_workers: int = Field(4, ge=0)
     """DataLoader workers (ImageFolder only; device-resident data sets need none)."""
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the data set is read from ``root`` (digits is embedded, fake generated)."""
+        return self.name in ON_DISK_DATA
 
 
 class TrainConfig(_Section):
@@ -235,6 +251,17 @@ def check_keys(keys: list[str], where: str) -> None:
             problems.append(f"unknown key '{key}'{did_you_mean(key, known)}")
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def run_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """What a child run records as MLflow params: its flattened config, plus what the config
+    resolves to that a reader of the runs table could not tell (``model.resolved_name``:
+    the model a ``model.norm`` twin builds)."""
+    try:
+        config = make_config({k: v for k, v in flat.items() if k != "model.resolved_name"})
+    except ConfigError:  # not a RunConfig (recorded as given)
+        return dict(flat)
+    return {**flat, "model.resolved_name": config.model.resolved_name}
 
 
 def make_config(overrides: dict[str, Any], where: str = "config") -> RunConfig:
