@@ -80,3 +80,11 @@ def test_the_old_storage_spelling_of_searches_still_works_with_a_note(study_file
     assert "--storage is now spelt --search-storage" in captured.err
     assert main(["report", str(path), "--search-storage", storage]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_set_on_a_grid_axis_as_the_readme_shows_it(capsys):
+    assert main(["run", "clip-threshold", "--set", "agc.clipping=0.02", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "clip-threshold: 9 runs, 0 done, 9 to run (dry run)" in out
+    names = [line.split()[-1] for line in out.splitlines() if line.startswith("    ")]
+    assert len(names) == 9 and all("/clipping=0.02/" in name for name in names)

@@ -113,14 +113,7 @@ def test_cifar_fingerprint_reads_the_batches_and_predicts_a_download(tmp_path):
 
 # -- through the CLI: stale runs are never reused silently, other data trains ---------------------
 
-STUDY = """
-name: tiny
-base: presets/smoke.yaml
-arms:
-  nf: {model.norm: nf}
-  bn: {model.norm: bn}
-seeds: [0, 1]
-"""
+STUDY = "name: tiny\nbase: presets/smoke.yaml\ngrid: {model.norm: [nf, bn]}\nseeds: [0, 1]\n"
 
 
 def _children(name: str, role: str = "child"):

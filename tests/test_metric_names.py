@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from study.config.preset import load_preset
 from study.config.run_config import make_config
-from study.config.study_file import load_preset
 from study.record.tags import EPOCH_METRICS, METRICS
 from study.train.trainer import train
 

@@ -109,7 +109,7 @@ def test_preset_caps_steps_whatever_the_study_fixes_and_says_so(study_file):
     assert run.config.train.steps == 4 and run.config.data.device_batch_size == 32
     assert run.capped == {"train.steps": 250, "data.device_batch_size": 128}
     (pinned,) = plan(spec, preset="smoke", overrides={"train.steps": 10})  # --set comes after the caps
-    assert pinned.config.train.steps == 10
+    assert pinned.config.train.steps == 10 and pinned.capped == {"data.device_batch_size": 128}
     (own,) = plan(load_study(study_file("name: b\nbase: presets/smoke.yaml\nfixed: {train.steps: 300}\nseeds: [0]\n")))
     assert own.config.train.steps == 300 and own.capped == {}  # a study's own base is what it asks for
 

@@ -184,3 +184,15 @@ def test_load_runs_finds_nfstudys_runs_from_any_directory(study_file, tmp_path, 
     monkeypatch.delenv("NFSTUDY_HOME")  # ./.nfstudy, which does not exist here
     assert load_runs("tiny").empty
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_deleted_run_is_trained_again(study_file, capsys):
+    """The README's way to force a re-run of a fresh run: delete it in MLflow."""
+    path = str(study_file(STUDY))
+    assert main(["run", path]) == 0
+    client = MlflowClient(paths.tracking_uri())
+    client.delete_run(_children(client, "tiny")[0].info.run_id)
+    capsys.readouterr()
+    assert main(["run", path]) == 0
+    assert "tiny: 7 done, 1 to run" in capsys.readouterr().out
+    assert len(_children(client, "tiny")) == 8

@@ -74,7 +74,8 @@ def _notes(spec, runs, preset: Optional[str]) -> None:
         for key, value in run.capped.items():
             asked.setdefault(key, set()).add(str(value))
     for key, values in asked.items():
-        console.print(f"note: --preset {preset} caps {key} at {runs[0].config.flat()[key]} "
+        cap = next(run.config.flat()[key] for run in runs if key in run.capped)
+        console.print(f"note: --preset {preset} caps {key} at {cap} "
                       f"(the study asks {', '.join(sorted(values))}; --set {key}=N overrides)")
 
 
@@ -123,13 +124,16 @@ def show(
 ) -> None:
     """The expanded runs of a study (arm, grid values, seed, hash) and what is recorded of them."""
     from study import paths
+    from study.cli.preflight import check_tracking
     from study.run.run_cache import open_tracking, survey
 
     spec, runs = _plan(name, preset, set_)
     if config is not None:
         _print_config(runs, config)
         return
-    found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs)
+    uri = paths.tracking_uri(tracking_uri)
+    check_tracking(uri)  # a dead server is one line, not a traceback
+    found = survey(open_tracking(uri), spec.name, runs)
     state = {**{h: "stale" for h in (*found.stale, *found.unknown)}, **{h: "copy" for h in found.copies},
              **{h: "yes" for h in found.done}}
     table = Table("#", "arm", *spec.grid, "seed", "hash", "done", title=f"{spec.name}: {len(runs)} runs")
@@ -202,7 +206,10 @@ def run(
     scale = paths.scale_name(preset, set_)
     with RunProgress(console, spec.name, len(runs), workers) as progress:
         def prepared(ready) -> None:
-            record_study(tracking, ready.parent_id, spec, runs, scale)
+            try:
+                record_study(tracking, ready.parent_id, spec, runs, scale)
+            except Exception as err:  # noqa: BLE001 - the runs matter more than their summary
+                err_console.print(f"warning: the study file and plan were not logged on the parent run: {err}")
             progress.on_prepared(ready)
 
         summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=prepared,
@@ -411,12 +418,14 @@ def report(
     --preset/--set, every scale that has runs is reported, each in its folder."""
     from analysis.report import build_index
     from study import paths
+    from study.cli.preflight import check_tracking
     from study.config.study_file import list_studies, load_study
 
     storage = _search_storage("report", search_storage, old_storage)
     if not all_ and name is None:
         raise NfstudyError("report: give a study name, or --all")
     uri = paths.tracking_uri(tracking_uri)
+    check_tracking(uri)
     folders = {}
     for typed in _recorded(list_studies(), uri) if all_ else [name]:
         spec = load_study(typed)

@@ -137,6 +137,7 @@ def plan(
                 merged = {**(base.overrides if base else {}), **spec.fixed, **arm_overrides, **point, "seed": seed}
                 capped = apply_caps(merged, base.caps if base else {})
                 merged.update(overrides)
+                capped = {key: value for key, value in capped.items() if key not in overrides}
                 where = f"{spec.name} [{arm or 'run'} {point or ''} seed={seed}]".replace(" {}", "")
                 config = _with_data_id(make_config(merged, where=where), fingerprints)
                 run = PlannedRun(config, arm, point, capped)
