@@ -218,3 +218,10 @@ def test_a_second_imagefolder_with_other_images_trains(tmp_path, study_file, nfs
     again = str(study_file(template.format(name="first", root=moved), "a.yaml"))
     assert main(["run", again]) == 0
     assert "first: 1 done, 0 to run" in capsys.readouterr().out
+
+
+def test_a_symlink_loop_is_walked_once(tmp_path):
+    _image_tree(tmp_path / "one", seed=0)
+    before = data_fingerprint("imagefolder", tmp_path / "one")
+    (tmp_path / "one" / "train" / "loop").symlink_to(tmp_path / "one" / "train")
+    assert data_fingerprint("imagefolder", tmp_path / "one") == before

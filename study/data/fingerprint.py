@@ -56,16 +56,21 @@ def data_fingerprint(name: str, root: str | os.PathLike | None, *, download: boo
 
 def _files(folder: Path) -> list[tuple[str, Path, int]]:
     """``(relative posix path, path, size)`` of every regular file under ``folder`` (symlinks
-    followed, hidden names skipped), sorted by relative path."""
-    found = []
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for file_name in names:
-            if file_name.startswith("."):
-                continue
-            path = Path(top) / file_name
-            if path.is_file():
-                found.append((path.relative_to(folder).as_posix(), path, path.stat().st_size))
+    followed, hidden names skipped), sorted by relative path. One ``stat`` per file."""
+    found, pending, seen = [], [folder], {folder.resolve()}
+    while pending:
+        with os.scandir(pending.pop()) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)  # the same walk on every machine
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if (real := Path(entry.path).resolve()) not in seen:  # a symlink loop is walked once
+                        seen.add(real)
+                        pending.append(Path(entry.path))
+                elif entry.is_file():
+                    path = Path(entry.path)
+                    found.append((path.relative_to(folder).as_posix(), path, entry.stat().st_size))
     return sorted(found, key=lambda item: item[0])
 
 
