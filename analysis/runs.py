@@ -13,8 +13,9 @@ count them, but never enter a statistic.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -57,11 +58,28 @@ def parse_param(text: str):
         return text
 
 
-def _client(tracking_uri: str | None) -> MlflowClient:
-    return MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+def default_tracking_uri() -> str:
+    """Where ``nfstudy run`` records, read from the same environment: ``$MLFLOW_TRACKING_URI``,
+    else ``$NFSTUDY_HOME/mlflow.db`` (default ``./.nfstudy``) as an absolute ``sqlite:///``
+    URI. Never MLflow's own default, which would create an empty ``./mlflow.db``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = Path(os.environ.get("NFSTUDY_HOME", ".nfstudy")).expanduser().resolve()
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def _experiment_id(client: MlflowClient, study: str) -> str | None:
+def _client(tracking_uri: str | None) -> MlflowClient | None:
+    """A client of the store, or ``None`` for a SQLite file that does not exist (opening it
+    would create an empty one)."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    return MlflowClient(uri)
+
+
+def _experiment_id(client: MlflowClient | None, study: str) -> str | None:
+    if client is None:
+        return None
     try:
         experiment = client.get_experiment_by_name(study)
     except MlflowException as error:
@@ -114,7 +132,7 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
     Args:
         study: the study name (= the MLflow experiment name).
-        tracking_uri: MLflow tracking URI; None uses ``mlflow.get_tracking_uri()``.
+        tracking_uri: MLflow tracking URI; None: :func:`default_tracking_uri` (nfstudy's).
 
     Returns:
         The runs, oldest first; an empty frame with the run columns when the study has
@@ -188,7 +206,7 @@ def load_history(study: str, tracking_uri: str | None = None, *, keys=None) -> p
 
     Args:
         study: the study name.
-        tracking_uri: MLflow tracking URI; None uses ``mlflow.get_tracking_uri()``.
+        tracking_uri: MLflow tracking URI; None: :func:`default_tracking_uri` (nfstudy's).
         keys: metric names to load (e.g. ``["val/top1"]``); None loads every metric.
 
     Returns:

@@ -33,6 +33,7 @@ def _legacy_classifier_init_std(config: "RunConfig") -> float:
 #: key is left out of the config hash, so adding a knob never renames the runs already
 #: recorded; set to anything else, it is hashed like every other key.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "data.id": None,
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
     "model.classifier_init_std": _legacy_classifier_init_std,
@@ -49,6 +50,10 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
 IMAGEFOLDER_ONLY = {"data.randaugment": None, "data.randaugment_policy": "torchvision",
                     "data.augment_before_mix": True, "data.train_crop": "torchvision",
                     "data.interpolation": "bilinear", "data.eval_resize": "shorter_side"}
+
+
+#: Data sets read from ``data.root``.
+ON_DISK_DATA = ("cifar10", "cifar100", "imagefolder")
 
 
 class _Section(BaseModel):
@@ -104,7 +109,13 @@ class DataConfig(_Section):
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
     """Data set. ``digits`` is embedded (scikit-learn), the others load from ``root``."""
     root: str | None = None
-    """Data set directory. Never downloads unless ``download`` is true."""
+    """Data set directory. Never downloads unless ``download`` is true. Machine-local: not in
+    the config hash (``id`` stands for the contents)."""
+    id: str | None = None
+    """What the data set *is*, in the run's identity (config hash). ``None``: for the on-disk
+    data sets (cifar10, cifar100, imagefolder) the study's expansion fills in a fingerprint
+    of the files under ``root`` (:mod:`study.data.fingerprint`); set it (``imagenet-2012``)
+    to name a version yourself and skip the scan."""
     download: bool = False
     batch_size: int = Field(128, gt=0)
     """Global batch size B as the paper counts it: the learning rate is ``optim.lr``·B/256."""
@@ -162,6 +173,11 @@ class DataConfig(_Section):
         raise ValueError("allowed: a magnitude 0..30, auto or null")
     num_workers: int = Field(4, ge=0)
     """DataLoader workers (ImageFolder only; device-resident data sets need none)."""
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the data set is read from ``root`` (digits is embedded, fake generated)."""
+        return self.name in ON_DISK_DATA
 
 
 class TrainConfig(_Section):
@@ -304,6 +320,17 @@ def check_keys(keys: list[str], where: str) -> None:
             problems.append(f"unknown key '{key}'{did_you_mean(key, known)}")
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def run_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """What a child run records as MLflow params: its flattened config, plus what the config
+    resolves to that a reader of the runs table could not tell (``model.resolved_name``:
+    the model a ``model.norm`` twin builds)."""
+    try:
+        config = make_config({k: v for k, v in flat.items() if k != "model.resolved_name"})
+    except ConfigError:  # not a RunConfig (recorded as given)
+        return dict(flat)
+    return {**flat, "model.resolved_name": config.model.resolved_name}
 
 
 def make_config(overrides: dict[str, Any], where: str = "config") -> RunConfig:

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import ConfigError
-
 # γ per nonlinearity: the official constants (``nfnets/base.py``; [I]), chosen so that
 # γ·act(z) has unit variance for z ~ N(0, 1): γ = 1 / sqrt(Var(act(z))). They were estimated by
 # sampling, so ReLU's differs from the analytic sqrt(2 / (1 − 1/π)) = 1.71286 by 6e-4 (relative).
@@ -54,7 +52,7 @@ class GammaAct(nn.Module):
         gamma: the gain; ``None`` takes :data:`NONLINEARITY_GAINS` (BatchNorm nets pass 1.0).
 
     Raises:
-        ConfigError: unknown activation.
+        ValueError: unknown activation (a model definition's bug, not user input).
 
     Example:
         >>> act = GammaAct("relu")  # 1.7139588594436646 · relu(x)
@@ -63,7 +61,7 @@ class GammaAct(nn.Module):
     def __init__(self, activation: str = "relu", *, gamma: float | None = None) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ConfigError(
+            raise ValueError(
                 f"activation: got {activation!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
             )
         self.activation = activation
@@ -211,13 +209,13 @@ def create_norm_act(channels: int, activation: str, *, normalization: str) -> nn
         The module.
 
     Raises:
-        ConfigError: unknown normalization or activation.
+        ValueError: unknown normalization or activation (a model definition's bug).
     """
     if normalization == "nf":
         return GammaAct(activation)
     if normalization == "batch":
         return nn.Sequential(nn.BatchNorm2d(channels), GammaAct(activation, gamma=1.0))
-    raise ConfigError(f"normalization: got {normalization!r}; allowed: 'nf', 'batch'")
+    raise ValueError(f"normalization: got {normalization!r}; allowed: 'nf', 'batch'")
 
 
 class SqueezeExcite(nn.Module):

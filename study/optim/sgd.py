@@ -74,18 +74,19 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> flo
         The learning rate, a Python float.
 
     Raises:
-        ConfigError: a negative step, ``total_steps < 1`` or warmup outside [0, total_steps].
+        ValueError: a negative step, ``total_steps < 1`` or warmup outside [0, total_steps]
+            (a caller's bug: the trainer derives them from a validated config).
 
     Example:
         >>> lr_at(0, total_steps=100, warmup_steps=10, peak_lr=1.6)
         0.16
     """
     if step < 0:
-        raise ConfigError(f"step: got {step}; allowed: >= 0")
+        raise ValueError(f"step: got {step}; allowed: >= 0")
     if total_steps < 1:
-        raise ConfigError(f"total_steps: got {total_steps}; allowed: >= 1")
+        raise ValueError(f"total_steps: got {total_steps}; allowed: >= 1")
     if not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(f"warmup_steps: got {warmup_steps}; allowed: 0..{total_steps} "
+        raise ValueError(f"warmup_steps: got {warmup_steps}; allowed: 0..{total_steps} "
                           "(total_steps)")
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps

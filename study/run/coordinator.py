@@ -32,10 +32,12 @@ from typing import Any
 from optuna.trial import TrialState
 
 from study import paths
+from study.config.code_fingerprint import code_fingerprint
 from study.config.expand import PlannedRun
 from study.config.study_file import StudySpec
 from study.record.tracking import Tracking
 from study.run.queue import Job, RunQueue
+from study.run.run_cache import Stale, Survey, supersede, survey
 from study.run.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
 
 #: Seconds between the coordinator's looks at the queue and its workers.
@@ -70,6 +72,8 @@ class Prepared:
     recovered: int = 0
     enqueued: int = 0
     cancelled: int = 0
+    survey: Survey | None = None
+    """What the plan found recorded (done, stale, copies): the line ``--dry-run`` predicts."""
 
 
 def jobs_for(spec: StudySpec, runs: list[PlannedRun], experiment_id: str, parent_id: str) -> list[Job]:
@@ -79,7 +83,8 @@ def jobs_for(spec: StudySpec, runs: list[PlannedRun], experiment_id: str, parent
             for run in runs]
 
 
-def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: RunQueue) -> Prepared:
+def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: RunQueue,
+            stale: Stale = Stale.STOP) -> Prepared:
     """Make MLflow and the queue ready for workers: experiment and parent, adopted results,
     recovered lost runs, and one queue entry per config not FINISHED.
 
@@ -88,11 +93,16 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
 
     Raises:
         TrackingError: the tracking store cannot be used.
+        StaleRunsError: runs trained by other code were found and ``stale`` is ``STOP``.
     """
     experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
-    done = set(tracking.finished_hashes(experiment_id))
+    found = survey(tracking, spec.name, runs, stale)  # what --dry-run predicted
+    found.check(spec.name)
+    supersede(tracking, found)
+    done = found.kept
     wanted = {run.config_hash: (run.arm, run.name) for run in runs if run.config_hash not in done}
-    adopted = tracking.adopt_finished(experiment_id, parent_id, spec.name, wanted) if wanted else 0
+    code = None if stale == Stale.REUSE else code_fingerprint()
+    adopted = tracking.adopt_finished(experiment_id, parent_id, spec.name, wanted, code) if wanted else 0
     if adopted:
         done = set(tracking.finished_hashes(experiment_id))
     recovered = recover_lost(queue, tracking)
@@ -100,7 +110,7 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
     todo = [run for run in runs if run.config_hash not in done]
     enqueued, cancelled = queue.enqueue(jobs_for(spec, todo, experiment_id, parent_id), cancel_others=True)
     return Prepared(experiment_id, parent_id, done & {run.config_hash for run in runs},
-                    adopted, recovered, enqueued, cancelled)
+                    adopted, recovered, enqueued, cancelled, found)
 
 
 def visible_gpus() -> list[str]:
@@ -186,6 +196,7 @@ def execute(
     on_event: RunEvent | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     nproc_per_node: int = 1,
+    stale: Stale = Stale.STOP,
 ) -> Summary:
     """Train every run of ``runs`` not yet FINISHED, through the study's queue.
 
@@ -200,6 +211,7 @@ def execute(
         on_event: per-run events (see :func:`study.run.worker.run_worker`).
         on_epoch: per-epoch metrics (in-process worker only).
         nproc_per_node: processes (GPUs) per run: each run becomes a torchrun DDP job.
+        stale: what to do with FINISHED runs trained by other code (:mod:`study.run.run_cache`).
 
     Returns:
         A :class:`Summary`, read back from MLflow at the end.
@@ -207,13 +219,14 @@ def execute(
     Raises:
         KeyboardInterrupt: after Ctrl-C, once every local worker has closed its run.
         TrackingError: the tracking store or the queue storage cannot be used.
+        StaleRunsError: stale runs were found and ``stale`` is ``STOP``.
     """
     if workers < 1:
         from study.errors import ConfigError
 
         raise ConfigError(f"--workers {workers}: must be at least 1")
     queue = RunQueue(spec.name, storage, create=True)
-    prepared = prepare(spec, runs, tracking, queue)
+    prepared = prepare(spec, runs, tracking, queue, stale)
     if on_prepared:
         on_prepared(prepared)
     plan = {run.config_hash for run in runs}

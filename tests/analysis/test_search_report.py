@@ -76,7 +76,7 @@ def test_importance_is_drawn_when_more_than_one_key_is_searched(study_file, sear
 def test_no_trials_yet_writes_a_report_that_says_so(study_file, capsys):
     path = study_file(STUDY.format(extra=""))
     assert main(["report", str(path)]) == 0
-    report = paths.reports_dir("lam") / "report.md"
+    report = paths.reports_dir(load_study(path).report_key) / "report.md"  # a file's own folder
     assert "No trials yet" in report.read_text()
     assert not (paths.home() / "optuna.db").exists()  # reading never creates the storage
 

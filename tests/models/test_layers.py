@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import ConfigError
 from study.models.layers import (
     NONLINEARITY_GAINS,
     GammaAct,
@@ -138,10 +137,10 @@ def test_gamma_act_is_gamma_times_the_activation(name):
     torch.testing.assert_close(GammaAct(name, gamma=1.0)(z), expected / NONLINEARITY_GAINS[name])
 
 
-def test_unknown_activation_and_normalization_are_config_errors():
-    with pytest.raises(ConfigError, match="activation.*'swish'.*relu"):
+def test_unknown_activation_and_normalization_are_programmer_errors():
+    with pytest.raises(ValueError, match="activation.*'swish'.*relu"):
         GammaAct("swish")
-    with pytest.raises(ConfigError, match="normalization.*'layer'"):
+    with pytest.raises(ValueError, match="normalization.*'layer'"):
         create_norm_act(4, "relu", normalization="layer")
 
 

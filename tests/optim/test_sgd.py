@@ -81,7 +81,7 @@ def test_lr_schedule_values():
 @pytest.mark.parametrize("args", [(-1, 10, 2, 0.1), (0, 0, 0, 0.1), (0, 10, 11, 0.1),
                                   (0, 10, -1, 0.1)])
 def test_lr_schedule_rejects_bad_arguments(args):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         lr_at(*args)
 
 
