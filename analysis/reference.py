@@ -77,7 +77,7 @@ class Claim:
             return Verdict(INCONCLUSIVE, reason=f"no {self.data} data given")
         if frame.empty:
             return Verdict(INCONCLUSIVE, reason="no results yet")
-        return self.rule(frame, context)
+        return rules.judge_runs(self.rule, frame, context) if self.data == RUNS else self.rule(frame, context)
 
 
 @dataclass(frozen=True)

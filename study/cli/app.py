@@ -284,13 +284,15 @@ def search(
 def report(
     name: Optional[str] = typer.Argument(None, help="Study name or path to a study YAML file."),
     all_: bool = typer.Option(False, "--all", help="Report every registered study and write an index page."),
-    preset: Optional[str] = typer.Option(None, help="Report the runs of this preset (default: the study's base)."),
+    preset: Optional[str] = typer.Option(None, help="Report the runs of this preset (default: every scale "
+                                         "that has runs, each in its own folder)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Report the runs made with these overrides."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL of searches (default: $NFSTUDY_HOME/optuna.db)."),
 ) -> None:
-    """Figures (PNG + SVG), report.md and report.html under $NFSTUDY_HOME/reports/NAME/
-    (NAME/SCALE/ for the runs of --preset/--set, e.g. reports/clip-threshold/preset-smoke/)."""
+    """Print each report's summary and write figures (PNG + SVG), report.md and report.html
+    under $NFSTUDY_HOME/reports/NAME/ (NAME/SCALE/ for another scale's runs, e.g.
+    reports/clip-threshold/preset-smoke/). With no --preset/--set, every scale that has runs."""
     from analysis.report import build_index, build_report
     from study import paths
     from study.config.study_file import list_studies, load_study
@@ -299,28 +301,67 @@ def report(
         raise NfstudyError("report: give a study name, or --all")
     names = list_studies() if all_ else [name]
     uri = paths.tracking_uri(tracking_uri)
-    scale, folders = paths.scale_name(preset, set_), {}
-    for study_name in names:
-        spec = load_study(study_name)
-        # A search's report covers all its Optuna studies, whatever --preset/--set say.
-        out = paths.reports_dir(spec.name, "" if spec.search is not None else scale)
-        folders[spec.name] = out
-        if spec.search is not None:  # a search study: Optuna trials, not a grid
+    folders = {}
+    for typed in names:
+        spec = load_study(typed)
+        if spec.search is not None:  # a search's report covers all its Optuna studies, whatever the scale
             from analysis.search_report import build_search_report
 
+            out = folders[spec.name] = paths.reports_dir(spec.name)
             written = build_search_report(spec, paths.optuna_storage(storage), uri, out,
-                                          command=f"nfstudy report {spec.name}")
-        else:
-            _, runs = _plan(study_name, preset, set_)
-            command = " ".join(["nfstudy report", spec.name, *([f"--preset {preset}"] if preset else []),
-                                *(f"--set {item}" for item in set_ or [])])
-            written = build_report(spec, uri, out, command=command, inputs=_paper_inputs(spec),
-                                   config_hashes={r.config_hash for r in runs},
-                                   artifact_path="report" + (f"/{scale}" if scale else ""))
-        console.print(f"{spec.name}: {written.get('html', out)}")
+                                          command=_command("report", typed))
+            console.print(f"{spec.name}: {written.get('html', out)}")
+            continue
+        inputs = _paper_inputs(spec)
+        for scale_preset, scale_sets in _report_scales(spec, uri, preset, set_):
+            scale = paths.scale_name(scale_preset, scale_sets)
+            out = paths.reports_dir(spec.name, scale)
+            folders.setdefault(spec.name, out)
+            _, runs = _plan(typed, scale_preset, scale_sets)
+            written = build_report(spec, uri, out, command=_command("report", typed, scale_preset, scale_sets),
+                                   inputs=inputs, config_hashes={r.config_hash for r in runs},
+                                   artifact_path="report" + (f"/{scale}" if scale else ""),
+                                   run_command=_command("run", typed, scale_preset, scale_sets))
+            for line in written["lines"]:
+                console.print(line, markup=False, highlight=False, emoji=False)
+            console.print(f"{spec.name}" + (f" ({scale})" if scale else "") + f": {written['html']}", markup=False)
     if all_:
+        scale = paths.scale_name(preset, set_)
         index = build_index(paths.home() / "reports", names, folders, "index" + (f"-{scale}" if scale else ""))
         console.print(f"index: {index}")
+
+
+def _command(command: str, typed: str, preset: Optional[str] = None, sets=None) -> str:
+    """The command line that makes a report (or its runs) again, the study as the user named it."""
+    import shlex
+
+    return " ".join(["nfstudy", command, shlex.quote(typed), *([f"--preset {shlex.quote(preset)}"] if preset else []),
+                     *(f"--set {shlex.quote(item)}" for item in sets or [])])
+
+
+def _report_scales(spec, uri: str, preset: Optional[str], sets) -> list[tuple]:
+    """``[(preset, sets)]`` to report: the one asked for, else every scale that has runs
+    (``analysis.scale.recorded_scales``; the study's base when none has any), said on stdout."""
+    from analysis.runs import load_runs
+    from analysis.scale import recorded_scales
+    from study.config.expand import plan
+    from study.config.study_file import list_presets
+
+    if preset is not None or sets:
+        return [(preset, sets)]
+    plans = {}
+    for candidate in [None, *list_presets()]:
+        try:
+            plans[candidate] = {r.config_hash: r.config.flat() for r in plan(spec, preset=candidate)}
+        except NfstudyError:  # e.g. a preset that needs a data.root: no runs of it either
+            continue
+    varied = {key for overrides in spec.arms.values() for key in overrides} | set(spec.grid) | {"seed"}
+    found = recorded_scales(load_runs(spec.name, uri), plans, varied)
+    if len(found) > 1 or (found and found[0].label() != "base"):
+        console.print(f"{spec.name}: runs at {len(found)} scale(s), each reported in its own folder: "
+                      + "; ".join(f"{s.label()} ({s.finished}" + (f" of {s.planned})" if s.planned else " runs)")
+                                  for s in found), markup=False, highlight=False)
+    return [(s.preset, list(s.sets) or None) for s in found] or [(None, None)]
 
 
 def _paper_inputs(spec) -> dict:

@@ -69,7 +69,7 @@ def clip_threshold_runs() -> list[dict]:
             wobble = 0.01 * (seed - 1)
             runs.append({
                 "params": {"agc.clipping": clipping, "data.batch_size": batch, "data.device_batch_size": 128,
-                           "optim.lr": 0.1 * batch / 256, "train.steps": 300, "model.name": "nf_resnet_small",
+                           "optim.lr": 0.1, "train.steps": 300, "model.name": "nf_resnet_small",
                            "sam.mode": "off", "agc.exclude": None, "seed": seed},
                 "metrics": {"val/top1": top1 + wobble, "test/top1": top1 + wobble / 2, "time/step_ms": 20.0},
                 "history": {"val/top1": [0.5, top1 + wobble]},

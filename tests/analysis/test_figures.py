@@ -23,10 +23,12 @@ def test_line_draws_one_series_and_band_per_hue_and_marks_divergence():
     figure = figures.line(_frame(), "agc.clipping", "val/top1", hue="data.batch_size", logx=True)
     ax = figure.axes[0]
     assert len(ax.lines) == 2  # one mean line per batch size
-    assert len(ax.collections) == 3  # two CI bands and one scatter of diverged runs
+    assert len(ax.collections) == 4  # two CI bands, the hollow floor-bound points, the diverged runs
     assert ax.get_xscale() == "log"
-    assert "diverged" in [text.get_text() for text in ax.get_legend().get_texts()]
-    assert "256 → 128" in figure._supxlabel.get_text() and "300 steps" in figure._supxlabel.get_text()
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "diverged" in legend and figures.FLOOR_LABEL in legend
+    caption = figure._supxlabel.get_text()
+    assert "256 → lr 0.1" in caption and "real batch 128" in caption and "300 steps" in caption
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):
