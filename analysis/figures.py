@@ -102,6 +102,13 @@ def _mark_diverged(ax, xs, color, labelled: list) -> None:
     labelled.append(True)
 
 
+def _hue_label(frame: pd.DataFrame, hue: str, item) -> str:
+    """A legend entry; a capped paper batch says the lr it set (``lr 0.1 (paper batch 256)``)."""
+    if hue == roles.BATCH and roles.is_capped(frame):
+        return roles.batch_phrase(frame, item, short=True)
+    return f"{hue} = {item}"
+
+
 def _dodged(xs: np.ndarray, index: int, count: int, log: bool, span: float) -> np.ndarray:
     """``xs`` moved sideways for line ``index`` of ``count``, so that lines never sit on one another."""
     shift = index - (count - 1) / 2
@@ -129,7 +136,7 @@ def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: 
         xs = _dodged(stats[x].map(where).to_numpy(dtype=float), index, len(groups), log, span)
         marker = MARKERS[index % len(MARKERS)]
         hollow = stats[x].map(str).map(_cell_bound(rows, x)).fillna(False).to_numpy(dtype=bool)
-        label = f"{hue} = {values[0]}" if hue else y
+        label = _hue_label(frame, hue, values[0]) if hue else y
         ax.plot(xs, stats["mean"], color=color, label=label, marker=marker, markevery=list(np.flatnonzero(~hollow)))
         if hollow.any():
             ax.scatter(xs[hollow], stats["mean"][hollow], marker=marker, facecolors="white", edgecolors=[color],
@@ -165,7 +172,7 @@ def _draw_bars(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None) -> None
         xs = stats[x].map(where).to_numpy(dtype=float) + offset
         means = stats["mean"].astype(float).to_numpy()
         errors = np.abs(np.vstack([means - stats["low"].astype(float), stats["high"].astype(float) - means]))
-        bars = ax.bar(xs, means, width=width * 0.95, color=color, label=f"{hue} = {values[0]}" if hue else None)
+        bars = ax.bar(xs, means, width=width * 0.95, color=color, label=_hue_label(frame, hue, values[0]) if hue else None)
         for bar, hollow in zip(bars, stats[x].map(str).map(_cell_bound(rows, x)).fillna(False)):
             if hollow:
                 bar.set(facecolor="white", edgecolor=color, hatch="//", linewidth=1.5)

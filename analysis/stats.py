@@ -194,8 +194,8 @@ def summarise(frame: pd.DataFrame, group_cols, metric: str, confidence: float = 
     rows = []
     for values, rows_of_group in group_rows(frame, group_cols):
         mean, low, high, n = metric_interval(rows_of_group[metric], metric, confidence)
-        diverged = int((rows_of_group.get("outcome") == DIVERGED).sum())
-        rows.append([*values, mean, low, high, n, len(rows_of_group), diverged])
+        outcomes = rows_of_group.get("outcome", pd.Series(dtype=object))
+        rows.append([*values, mean, low, high, n, len(rows_of_group), int((outcomes == DIVERGED).sum())])
     return pd.DataFrame(rows, columns=columns)
 
 

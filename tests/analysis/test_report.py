@@ -164,3 +164,64 @@ def test_nfstudy_report_of_an_unknown_paper_key_exits_2_and_writes_nothing(study
     assert main(["report", str(path)]) == 2
     assert "paper: got 'fig9'; allowed: fig2b" in capsys.readouterr().err
     assert not (paths.home() / "reports").exists()
+
+
+def test_the_summary_opens_the_report_and_a_partial_study_says_what_is_missing_first(tmp_path, store_filler,
+                                                                                        clip_threshold_study):
+    spec, runs = clip_threshold_study
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store_filler(uri, spec.name, runs[:12])  # 12 of the 18 planned runs
+    planned = {f"h{i:04d}" for i in range(18)}
+    paths = build_report(spec, uri, tmp_path / "out", "nfstudy report clip-threshold", config_hashes=planned,
+                         run_command="nfstudy run clip-threshold")
+    text = paths["markdown"].read_text()
+    assert text.index("## Summary") < text.index("## Study")
+    first = text.split("## Summary\n\n")[1].splitlines()[0]
+    assert first == ("**6 of 18 planned runs missing: every number below rests on part of the study; "
+                     "`nfstudy run clip-threshold` trains the rest.**")
+    assert paths["lines"][0].startswith("clip-threshold: 6 of 18 planned runs missing")
+    assert json.loads(paths["summary"].read_text())["n_missing"] == 6
+    html = paths["html"].read_text()
+    assert html.index("planned runs missing") < html.index("<h2>Study</h2>")
+
+
+def _dropout(seed_accuracies):
+    spec = SimpleNamespace(name="dropout", description="", paper=None, arms={}, grid={"model.dropout": [0.0, 0.2]},
+                           seeds=[0, 1], metric="val/top1", baseline=None, figures=[])
+    runs = [{"params": {"model.dropout": dropout, "model.name": "nf_resnet_small", "seed": seed},
+             "metrics": {"val/top1": accuracy, "test/top1": accuracy}}
+            for dropout, accuracies in seed_accuracies.items() for seed, accuracy in enumerate(accuracies)]
+    return spec, runs
+
+
+def test_a_grid_axis_gets_paired_differences_and_intervals_stay_in_0_100(tmp_path, store_filler):
+    """dropout 0 against 0.2 (a grid axis, no arms), two seeds far apart: the Δ is paired, in
+    points, and no interval leaves [0, 100] % (a t-interval over these two seeds is [-74.1, 145.2])."""
+    spec, runs = _dropout({0.0: [0.10, 0.81], 0.2: [0.12, 0.85]})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store_filler(uri, spec.name, runs)
+    paths = build_report(spec, uri, tmp_path / "out", "nfstudy report dropout")
+    text = paths["markdown"].read_text()
+    # Δ per seed +2 and +4 points: 3 ± t(0.975, 1)·1.41/√2 = [-9.7, +15.7]
+    assert ("  model.dropout=0.2 − model.dropout=0: +3.0 [-9.7, +15.7] pt, 2 pairs, not resolved "
+            "(≈ 6 pairs would resolve it)") in paths["lines"]
+    assert "| model.dropout=0.2 − model.dropout=0 | test/top1 | +3.0 [-9.7, +15.7] pt | 2 | 0 | [-100.0, +100.0] pt |" in text
+    results = text.split("## Results")[1].split("## Paired differences")[0]
+    intervals = [cell for row in results.splitlines() if row.startswith("| 0")
+                 for cell in row.split("|") if "%" in cell]
+    assert len(intervals) == 4  # val and test of both dropout values
+    for cell in intervals:
+        low, high = (float(x) for x in cell.split("[")[1].split("]")[0].split(","))
+        assert 0.0 <= low <= high <= 100.0
+    assert any("only 2 seeds" in line for line in paths["lines"])  # the n ≤ 2 warning
+
+
+def test_the_parent_run_carries_the_summary(reports):
+    uri, _, built = reports
+    _, ids = built["unit-vs-layer"]
+    parent = MlflowClient(uri).get_run(ids["parent"]).data
+    assert parent.tags["nfstudy.verdict.unit-beats-layer"] == "supported; 3 pairs; resolved"
+    assert parent.metrics["summary/mean/unit/test/top1"] == pytest.approx(0.96)
+    assert parent.metrics["summary/mean/layer/test/top1"] == pytest.approx(0.91)
+    assert parent.metrics["summary/delta/unit vs layer/test/top1"] == pytest.approx(0.05)
+    assert parent.metrics["summary/runs_missing"] == 0.0
