@@ -154,20 +154,6 @@ class PaperResult:
 
 # -- the entries ------------------------------------------------------------------------------
 
-SCALE_NOTE = (
-    "These runs use small data and small models (by default the embedded `digits` set: 1,400 "
-    "training images of 8×8 digits upsampled to 16×16, a small NF-ResNet and its BN twin, a few "
-    "hundred steps on a CPU), not ImageNet and NFNet-F0…F6 for 360 epochs. What this scale "
-    "can show (the README's scale presets): unclipped NF-ResNets break as the learning rate grows "
-    "while BN does not; AGC restores training; the best λ falls as the learning rate grows; a "
-    "large λ diverges at the largest. It needs the paper's learning rate for the paper's batch "
-    "size at a fixed step budget, so presets may map the paper's batch sizes to smaller real "
-    "ones (the figures say so). What it cannot show: ImageNet accuracy levels, gaps of a few "
-    "tenths of a point (one seed moves digits accuracy by more), regularisation effects of long "
-    "training, and accelerator step times (CPU timings of tiny models say little about them). "
-    "A verdict here is about this scale only.")
-"""What a verdict at digits scale can and cannot say, printed in every report."""
-
 BEST_LAMBDA = SearchRecommendation(
     key=roles.CLIPPING, symbol="λ", value=0.01, batches=(1024, 4096), grid=(0.01, 0.02, 0.04, 0.08, 0.16),
     studied_batches=(256, 4096), finding="larger batches need smaller λ",
