@@ -227,8 +227,9 @@ REFERENCES: dict[str, PaperResult] = {
                   "batch size.", "Fig. 2a (plot only): NF+AGC tracks BN up to batch 4096",
                   "The best λ per batch size is selected on val/top1 and reported on test/top1 (the "
                   "held-out split, so the selection does not inflate it). Supported if at every batch "
-                  "size the paired 95% CI of Δ(NF+AGC − BN) lies above −1 point; not supported if at "
-                  "some batch size it lies below −1 point; otherwise inconclusive.",
+                  "size the paired 95% CI of Δ(NF+AGC − BN) lies above −1 point, at two batch sizes or more; "
+                  "not supported if at some batch size it lies below −1 point; otherwise inconclusive (one "
+                  "batch size cannot show 'every').",
                   rules.fig2a_agc_recovers),
         ),
         figures=(PaperFigure("paper-fig2a", (roles.MODEL, roles.BATCH, roles.TEST_METRIC),

@@ -191,7 +191,10 @@ def _judge(result: PaperResult, frames: dict[str, pd.DataFrame], context: RuleCo
 
 
 def _claims(result: PaperResult, lines: list[ClaimLine]) -> Section:
-    blocks = [f"**{result.title}** — {result.source}.", Table(["paper", "value"], [list(r) for r in result.numbers])]
+    blocks = [f"**{result.title}** — {result.source}.", Table(["paper", "value"], [list(r) for r in result.numbers]),
+              "Every rule below is applied to the result runs that are not floor-bound (SkipInit gains that cannot "
+              "leave AGC's ε floor at the run's budget measure the budget, not the mechanism); a claim only "
+              "floor-bound runs would decide is inconclusive: floor-bound at this budget."]
     for claim, line in zip(result.claims, lines):
         verdict = line.verdict
         blocks += [

@@ -1,6 +1,8 @@
 """Adaptive replication through its one entry point, claim_status: add a round of paired
 seeds, ask again, stop when every claim is resolved (simulated per-seed outcomes, no training)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -58,3 +60,20 @@ def test_claims_more_seeds_cannot_resolve_are_blocked():
     assert falls.needs == () and falls.text().startswith("not resolvable by more seeds")
     (spp, _) = [s for s in claim_status(one_batch, "spp")]
     assert spp.blocked == "no signal-propagation data given"
+
+
+def test_the_readme_snippet(store_filler, capsys):
+    """README, "Reading a report": where every claim stands, from the runs nfstudy recorded."""
+    from study import paths
+
+    paths.home().mkdir(parents=True)
+    study = _unit_vs_layer(3)
+    store_filler(paths.tracking_uri(), "unit-vs-layer", [
+        {"arm": row["arm"], "params": {"agc.mode": row["agc.mode"], "agc.clipping": row["agc.clipping"], "seed": row["seed"]},
+         "metrics": {"val/top1": row["val/top1"], "test/top1": row["test/top1"]}} for _, row in study.iterrows()])
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    snippet = readme.split("```python\nfrom analysis.runs import load_runs, results\n")[1].split("```")[0]
+    exec("from analysis.runs import load_runs, results\n" + snippet, {})
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("unit-beats-layer False 3 ['layer agc.clipping=0.01', 'layer agc.clipping=0.04', "
+                           "'unit agc.clipping=0.01', 'unit agc.clipping=0.04'] not resolved (≈ ")
