@@ -25,7 +25,8 @@ from analysis.rules import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 @dataclass
 class Table:
     header: list[str]
-    rows: list[list[str]]
+    rows: list[list]
+    """Cells are strings (with inline marks) or :class:`VerdictBadge`."""
 
 
 @dataclass
@@ -79,8 +80,13 @@ def write(out: Path, title: str, sections: list[Section], *, stem: str = "report
 
 # -- Markdown ----------------------------------------------------------------------------
 
+def _md_cell(cell) -> str:
+    text = f"**{cell.verdict}**" if isinstance(cell, VerdictBadge) else cell
+    return text.replace("|", "\\|")
+
+
 def _md_table(table: Table) -> str:
-    cells = lambda row: "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"  # noqa: E731
+    cells = lambda row: "| " + " | ".join(map(_md_cell, row)) + " |"  # noqa: E731
     return "\n".join([cells(table.header), cells(["---"] * len(table.header)), *map(cells, table.rows)])
 
 
@@ -116,17 +122,25 @@ def _inline(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
 
 
+def _badge(badge: VerdictBadge) -> str:
+    return f'<span class="verdict {_VERDICT_CLASS[badge.verdict]}">{html.escape(badge.verdict)}</span>'
+
+
+def _html_cell(cell) -> str:
+    return _badge(cell) if isinstance(cell, VerdictBadge) else _inline(cell)
+
+
 def _html_block(block) -> str:
     if isinstance(block, Table):
         head = "".join(f"<th>{_inline(c)}</th>" for c in block.header)
-        body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in block.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Image):
         data = base64.b64encode(block.path.read_bytes()).decode()
         return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
                 f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
     if isinstance(block, VerdictBadge):
-        return f'<p class="verdict {_VERDICT_CLASS[block.verdict]}">{html.escape(block.verdict)}</p>'
+        return f"<p>{_badge(block)}</p>"
     if block.startswith("### "):
         return f"<h3>{_inline(block[4:])}</h3>"
     return f"<p>{_inline(block)}</p>" if block else ""
@@ -144,7 +158,8 @@ th { background: #eef2f7; } tbody tr:nth-child(even) { background: #f8f9fb; }
 code { font: .9em ui-monospace, monospace; background: #eef2f7; padding: .05em .3em; border-radius: 3px; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #e3e6eb; }
 figcaption { font-size: .85em; color: #555; }
-.verdict { display: inline-block; padding: .15em .8em; border-radius: 1em; font-weight: 600; margin: 0; }
+.verdict { display: inline-block; padding: .15em .8em; border-radius: 1em; font-weight: 600; margin: 0;
+           white-space: nowrap; }
 .supported { background: #dff3e3; color: #1b6b2c; } .refuted { background: #fbe0e0; color: #9b1c1c; }
 .inconclusive { background: #fff3d6; color: #7a5a00; }
 details summary { cursor: pointer; color: #2b5b84; }

@@ -5,11 +5,14 @@ matplotlib ``Figure``; :func:`save_figure` writes it as PNG and SVG.
 Figures are built with ``matplotlib.figure.Figure`` (the Agg canvas), never pyplot: no
 display, no global figure list, safe in workers.
 
-Conventions: points are means over seeds with a 95% Student-t band or bar
-(:func:`analysis.stats.mean_ci`); diverged runs enter the mean with their recorded
-accuracy and are also drawn as an ✕ at the bottom of the axes (legend "diverged"); the
-clipping threshold λ and batch sizes are on log axes, as in the paper; when the paper's
-batch sizes were mapped to smaller real ones, the subtitle says so
+Conventions: points are means over seeds with the 95% band or bar of the report's tables
+(:func:`analysis.stats.summarise`: an accuracy's interval stays inside [0, 1]); each line
+has its own marker shape and is dodged sideways a little, so equal means never hide one
+another; floor-bound cells (:mod:`analysis.floor`: SkipInit gains that cannot leave AGC's
+ε floor at the run's budget) are drawn hollow; diverged runs enter the mean with their
+recorded accuracy and are also drawn as an ✕ at the bottom of the axes (legend
+"diverged"); the clipping threshold λ and batch sizes are on log axes, as in the paper;
+when the paper's batch sizes were mapped to smaller real ones, the subtitle says so
 (:func:`analysis.roles.mapping_caption`).
 """
 
@@ -22,15 +25,17 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from analysis import roles
+from analysis import floor, roles
 from analysis.stats import group_rows, summarise
 from study.record.tags import DIVERGED
 
 LABELS = {
     roles.CLIPPING: "clipping threshold λ (agc.clipping)",
-    roles.BATCH: "paper batch size (data.batch_size)",
+    roles.BATCH: "paper batch size B (data.batch_size)",
     roles.AGC_MODE: "AGC mode (agc.mode)",
     roles.SAM_MODE: "SAM mode (sam.mode)",
     roles.VAL_METRIC: "validation top-1 (val/top1)",
@@ -39,6 +44,11 @@ LABELS = {
 }
 _STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9)}
 _DIVERGED_Y = 0.03  # axes fraction where diverged runs are marked
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One marker shape per line, in order."""
+DODGE = 0.04
+"""How far lines are moved apart sideways: a factor on a log axis, a fraction of the span otherwise."""
+FLOOR_LABEL = f"hollow: floor-bound (SkipInit gain ≤ {floor.FLOOR_GAIN:g})"
 
 
 def axis_label(name) -> str:
@@ -92,32 +102,61 @@ def _mark_diverged(ax, xs, color, labelled: list) -> None:
     labelled.append(True)
 
 
+def _hue_label(frame: pd.DataFrame, hue: str, item) -> str:
+    """A legend entry; a capped paper batch says the lr it set (``lr 0.1 (paper batch 256)``)."""
+    if hue == roles.BATCH and roles.is_capped(frame):
+        return roles.batch_phrase(frame, item, short=True)
+    return f"{hue} = {item}"
+
+
+def _dodged(xs: np.ndarray, index: int, count: int, log: bool, span: float) -> np.ndarray:
+    """``xs`` moved sideways for line ``index`` of ``count``, so that lines never sit on one another."""
+    shift = index - (count - 1) / 2
+    return xs * (1 + DODGE) ** shift if log else xs + DODGE * span * shift
+
+
+def _cell_bound(rows: pd.DataFrame, x: str) -> pd.Series:
+    """Per ``x`` value of one line: whether every run there is floor-bound."""
+    bound = floor.floor_bound(rows)
+    return bound.groupby(rows[x].map(str)).all()
+
+
 def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: bool) -> None:
     frame = frame[frame[x].notna()]
     where, levels = _positions(frame, x)
     hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
+    log = logx and _numeric(levels)
+    positions = list(where.values())
+    span = (max(positions) - min(positions)) or 1.0
     labelled: list = []
-    diverged_marks = []
-    for color, (values, rows) in zip(palette(hues), group_rows(frame, [hue] if hue else [])):
+    diverged_marks, hollow_shown = [], False
+    groups = list(group_rows(frame, [hue] if hue else []))
+    for index, (color, (values, rows)) in enumerate(zip(palette(hues), groups)):
         stats = summarise(rows, [x], y)
-        xs = stats[x].map(where).to_numpy(dtype=float)
-        label = f"{hue} = {values[0]}" if hue else y
-        ax.plot(xs, stats["mean"], marker="o", color=color, label=label)
-        low, high = stats["low"].astype(float), stats["high"].astype(float)
-        if y.endswith("top1"):  # an accuracy's band is drawn inside [0, 1]; the tables keep the raw CI
-            low, high = low.clip(lower=0.0), high.clip(upper=1.0)
-        ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+        xs = _dodged(stats[x].map(where).to_numpy(dtype=float), index, len(groups), log, span)
+        marker = MARKERS[index % len(MARKERS)]
+        hollow = stats[x].map(str).map(_cell_bound(rows, x)).fillna(False).to_numpy(dtype=bool)
+        label = _hue_label(frame, hue, values[0]) if hue else y
+        ax.plot(xs, stats["mean"], color=color, label=label, marker=marker, markevery=list(np.flatnonzero(~hollow)))
+        if hollow.any():
+            ax.scatter(xs[hollow], stats["mean"][hollow], marker=marker, facecolors="white", edgecolors=[color],
+                       linewidths=1.5, zorder=4)
+            hollow_shown = True
+        ax.fill_between(xs, stats["low"].astype(float), stats["high"].astype(float), color=color, alpha=0.2,
+                        linewidth=0)
         diverged = rows[rows.get("outcome") == DIVERGED]
-        diverged_marks.append((diverged[x].map(where).to_numpy(dtype=float), color))
+        diverged_marks.append((_dodged(diverged[x].map(where).to_numpy(dtype=float), index, len(groups), log, span),
+                               color))
     for xs, color in diverged_marks:
         _mark_diverged(ax, xs, color, labelled)
-    if logx and _numeric(levels):
+    if log:
         ax.set_xscale("log")
     ax.set_xticks([where[v] for v in levels], [f"{v:g}" if _numeric([v]) else str(v) for v in levels])
     ax.minorticks_off()
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
-    ax.legend(fontsize=8, title=None)
+    _legend(ax, Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3")
+            if hollow_shown else None)
 
 
 def _draw_bars(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None) -> None:
@@ -126,21 +165,34 @@ def _draw_bars(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None) -> None
     hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
     width = 0.8 / len(hues)
     labelled: list = []
+    hollow_shown = False
     for index, (color, (values, rows)) in enumerate(zip(palette(hues), group_rows(frame, [hue] if hue else []))):
         offset = (index - (len(hues) - 1) / 2) * width
         stats = summarise(rows, [x], y)
         xs = stats[x].map(where).to_numpy(dtype=float) + offset
         means = stats["mean"].astype(float).to_numpy()
         errors = np.abs(np.vstack([means - stats["low"].astype(float), stats["high"].astype(float) - means]))
-        ax.bar(xs, means, width=width * 0.95, color=color, label=f"{hue} = {values[0]}" if hue else None)
+        bars = ax.bar(xs, means, width=width * 0.95, color=color, label=_hue_label(frame, hue, values[0]) if hue else None)
+        for bar, hollow in zip(bars, stats[x].map(str).map(_cell_bound(rows, x)).fillna(False)):
+            if hollow:
+                bar.set(facecolor="white", edgecolor=color, hatch="//", linewidth=1.5)
+                hollow_shown = True
         ax.errorbar(xs, means, yerr=np.nan_to_num(errors), fmt="none", ecolor="black", capsize=3, linewidth=1)
         diverged = rows[rows.get("outcome") == DIVERGED]
         _mark_diverged(ax, diverged[x].map(where).to_numpy(dtype=float) + offset, color, labelled)
     ax.set_xticks(range(len(levels)), [str(v) for v in levels])
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
-    if hue or labelled:
-        ax.legend(fontsize=8)
+    if hue or labelled or hollow_shown:
+        _legend(ax, Patch(facecolor="white", edgecolor="0.3", hatch="//") if hollow_shown else None)
+
+
+def _legend(ax, floor_handle) -> None:
+    """The axes' legend, with an entry for hollow (floor-bound) marks when ``floor_handle`` is given."""
+    handles, labels = ax.get_legend_handles_labels()
+    if floor_handle is not None:
+        handles, labels = [*handles, floor_handle], [*labels, FLOOR_LABEL]
+    ax.legend(handles, labels, fontsize=8)
 
 
 def line(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, logx: bool = False,

@@ -3,10 +3,9 @@ and figure label prints them alike."""
 
 from __future__ import annotations
 
-from analysis.stats import missing
+import math
 
-PERCENT_METRICS = ("top1", "top5")
-"""Metrics whose name contains one of these are fractions, printed as percent."""
+from analysis.stats import is_fraction, missing
 
 
 def value(item) -> str:
@@ -35,15 +34,24 @@ def format_ci(mean: float, low: float, high: float, n: int, *, scale: float = 1.
     text = f"{mean * scale:{sign}.{digits}f}"
     if low != low:
         return f"{text} (n={n}, no CI)"
-    return f"{text} [{low * scale:{sign}.{digits}f}, {high * scale:{sign}.{digits}f}]"
+    return f"{text} [{_bound(low, scale, sign, digits)}, {_bound(high, scale, sign, digits)}]"
+
+
+def _bound(item: float, scale: float, sign: str, digits: int) -> str:
+    """An interval's end; an unbounded one (a confidence sequence that excludes nothing yet) as ±∞."""
+    if math.isinf(item):
+        return "-∞" if item < 0 else f"{sign}∞"
+    return f"{item * scale:{sign}.{digits}f}"
 
 
 def metric_ci(metric: str, mean, low, high, n, *, signed: bool = False) -> str:
     """The interval of a metric in a results table: accuracies in percent to one decimal
-    (``95.0 [90.0, 100.0] %``), anything else (step times) to two decimals."""
-    percent = any(name in metric for name in PERCENT_METRICS)
+    (``95.0 [90.0, 100.0] %``) and their differences (``signed``) in points (``+1.5 [+0.2,
+    +2.8] pt``), anything else (step times) to two decimals."""
+    percent = is_fraction(metric)
+    unit = (" pt" if signed else " %") if percent and n else ""
     return format_ci(mean, low, high, int(n), scale=100.0 if percent else 1.0, digits=1 if percent else 2,
-                     signed=signed) + (" %" if percent and n else "")
+                     signed=signed) + unit
 
 
 def delta_ci(row, *, scale: float = 100.0, unit: str = "pt") -> str:
@@ -52,3 +60,11 @@ def delta_ci(row, *, scale: float = 100.0, unit: str = "pt") -> str:
     text = format_ci(row["mean"], row["low"], row["high"], int(row["n_pairs"]), scale=scale,
                      digits=2 if scale == 100.0 else 1, signed=True)
     return f"{text} {unit}, n={int(row['n_pairs'])} pairs, {int(row['n_diverged'])} with a diverged run"
+
+
+def sequence_ci(row, *, scale: float = 100.0, unit: str = "pt") -> str:
+    """The anytime-valid confidence sequence of a paired Δ: ``[+0.4, +2.0] pt`` or ``[-∞, +∞] pt``."""
+    if int(row["n_pairs"]) == 0 or row["cs_low"] != row["cs_low"]:
+        return "none"
+    digits = 1 if scale == 100.0 else 2
+    return f"[{_bound(row['cs_low'], scale, '+', digits)}, {_bound(row['cs_high'], scale, '+', digits)}] {unit}"

@@ -77,7 +77,7 @@ class Claim:
             return Verdict(INCONCLUSIVE, reason=f"no {self.data} data given")
         if frame.empty:
             return Verdict(INCONCLUSIVE, reason="no results yet")
-        return self.rule(frame, context)
+        return rules.judge_runs(self.rule, frame, context) if self.data == RUNS else self.rule(frame, context)
 
 
 @dataclass(frozen=True)
@@ -154,20 +154,6 @@ class PaperResult:
 
 # -- the entries ------------------------------------------------------------------------------
 
-SCALE_NOTE = (
-    "These runs use small data and small models (by default the embedded `digits` set: 1,400 "
-    "training images of 8×8 digits upsampled to 16×16, a small NF-ResNet and its BN twin, a few "
-    "hundred steps on a CPU), not ImageNet and NFNet-F0…F6 for 360 epochs. What this scale "
-    "can show (the README's scale presets): unclipped NF-ResNets break as the learning rate grows "
-    "while BN does not; AGC restores training; the best λ falls as the learning rate grows; a "
-    "large λ diverges at the largest. It needs the paper's learning rate for the paper's batch "
-    "size at a fixed step budget, so presets may map the paper's batch sizes to smaller real "
-    "ones (the figures say so). What it cannot show: ImageNet accuracy levels, gaps of a few "
-    "tenths of a point (one seed moves digits accuracy by more), regularisation effects of long "
-    "training, and accelerator step times (CPU timings of tiny models say little about them). "
-    "A verdict here is about this scale only.")
-"""What a verdict at digits scale can and cannot say, printed in every report."""
-
 BEST_LAMBDA = SearchRecommendation(
     key=roles.CLIPPING, symbol="λ", value=0.01, batches=(1024, 4096), grid=(0.01, 0.02, 0.04, 0.08, 0.16),
     studied_batches=(256, 4096), finding="larger batches need smaller λ",
@@ -241,8 +227,9 @@ REFERENCES: dict[str, PaperResult] = {
                   "batch size.", "Fig. 2a (plot only): NF+AGC tracks BN up to batch 4096",
                   "The best λ per batch size is selected on val/top1 and reported on test/top1 (the "
                   "held-out split, so the selection does not inflate it). Supported if at every batch "
-                  "size the paired 95% CI of Δ(NF+AGC − BN) lies above −1 point; not supported if at "
-                  "some batch size it lies below −1 point; otherwise inconclusive.",
+                  "size the paired 95% CI of Δ(NF+AGC − BN) lies above −1 point, at two batch sizes or more; "
+                  "not supported if at some batch size it lies below −1 point; otherwise inconclusive (one "
+                  "batch size cannot show 'every').",
                   rules.fig2a_agc_recovers),
         ),
         figures=(PaperFigure("paper-fig2a", (roles.MODEL, roles.BATCH, roles.TEST_METRIC),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.formats import value
 from analysis.stats import group_rows, mean_ci, missing
+from study.record.tags import DIVERGED
 
 MODEL = "model.name"
 NORM = "model.norm"
@@ -118,32 +120,92 @@ def peak_lr(lr, batch) -> float:
     return float(lr) * float(batch) / 256
 
 
-def mapping_caption(frame: pd.DataFrame) -> str | None:
+def _base_lr_text(frame: pd.DataFrame) -> str:
+    """``optim.lr`` as the lr rule writes it: ``0.1`` (one value) or ``lr`` (several)."""
+    lrs = sorted({float(v) for v in frame[LR] if not missing(v)}) if LR in frame.columns else []
+    return f"{lrs[0]:g}" if len(lrs) == 1 else "lr"
+
+
+def real_batches(frame: pd.DataFrame) -> list[int]:
+    """The distinct real batches the runs drew per step (:func:`real_batch`)."""
+    if BATCH not in frame.columns:
+        return []
+    caps = frame[DEVICE_BATCH] if DEVICE_BATCH in frame.columns else pd.Series(None, index=frame.index)
+    return sorted({int(real_batch(b, d)) for b, d in zip(frame[BATCH], caps) if not missing(b)})
+
+
+def is_capped(frame: pd.DataFrame) -> bool:
+    """Whether some run drew a smaller real batch than its paper batch ``data.batch_size``."""
+    if DEVICE_BATCH not in frame.columns or BATCH not in frame.columns:
+        return False
+    return any(not missing(b) and real_batch(b, d) != b for b, d in zip(frame[BATCH], frame[DEVICE_BATCH]))
+
+
+def batch_phrase(frame: pd.DataFrame, batch, *, short: bool = False) -> str:
+    """How a verdict or caption names one paper batch size B: where the real batch is capped,
+    what B set and what ran, ``lr 0.1·4096/256 = 1.6 (paper batch 4096), real batch 128``
+    (``short``: ``lr 1.6 (paper batch 4096)``, where the real batch is said once nearby);
+    else ``batch 4096``."""
+    rows = frame[frame[BATCH] == batch] if BATCH in frame.columns else frame.iloc[0:0]
+    if rows.empty or not is_capped(frame):
+        return f"batch {value(batch)}"
+    lr = next((v for v in rows[LR] if not missing(v)), None) if LR in rows.columns else None
+    real = ", ".join(map(str, real_batches(rows)))
+    if lr is None:
+        return f"paper batch {batch}" + ("" if short else f", real batch {real}")
+    if short:
+        return f"lr {peak_lr(lr, batch):g} (paper batch {batch})"
+    return f"lr {float(lr):g}·{batch}/256 = {peak_lr(lr, batch):g} (paper batch {batch}), real batch {real}"
+
+
+def mapping_caption(frame: pd.DataFrame, *, steps: bool = True) -> str | None:
     """Say how the paper's batch sizes were mapped to what ran, or None (the scale presets
     of the README keep the paper's learning rate per batch size and a fixed step budget).
 
     A caption is due when a run's real batch (``data.device_batch_size``) differs from its
     paper batch (``data.batch_size``) or a fixed step budget (``train.steps``) was set.
 
+    Args:
+        frame: runs with their params.
+        steps: end with the step budget.
+
     Returns:
-        e.g. ``"paper batch → real batch 256 → 64, 4096 → 64; peak lr 0.1, 1.6; 300 steps"``.
+        e.g. ``"at lr 0.1·B/256 (paper batch B: 256 → lr 0.1, 4096 → lr 1.6), real batch 128;
+        300 steps"``.
     """
-    mapped = DEVICE_BATCH in frame.columns and BATCH in frame.columns and any(
-        real_batch(b, d) != b for b, d in zip(frame[BATCH], frame[DEVICE_BATCH]))
-    steps = frame[STEPS].dropna().unique().tolist() if STEPS in frame.columns else []
-    steps = [s for s in steps if not missing(s)]
-    if not mapped and not steps:
+    mapped = is_capped(frame)
+    budgets = sorted({int(s) for s in frame[STEPS] if not missing(s)}) if STEPS in frame.columns else []
+    if not mapped and not budgets:
         return None
     parts = []
-    if mapped:
-        pairs = dict(group_rows(frame, [BATCH, DEVICE_BATCH])).keys()
-        parts.append("paper batch → real batch " + ", ".join(f"{b} → {real_batch(b, d)}" for b, d in pairs))
     if LR in frame.columns and BATCH in frame.columns:
-        lrs = sorted({peak_lr(lr, b) for (lr, b), _ in group_rows(frame, [LR, BATCH])})
-        parts.append("peak lr " + ", ".join(f"{lr:g}" for lr in lrs))
-    if steps:
-        parts.append(", ".join(f"{int(s)}" for s in sorted(steps)) + " steps")
-    return "; ".join(parts)
+        pairs = sorted({(int(b), float(lr)) for b, lr in zip(frame[BATCH], frame[LR])
+                        if not missing(b) and not missing(lr)})
+        each = ", ".join(f"{b} → lr {peak_lr(lr, b):g}" for b, lr in pairs)
+        parts.append(f"at lr {_base_lr_text(frame)}·B/256 (paper batch B: {each})")
+    if mapped:
+        parts.append("real batch " + ", ".join(map(str, real_batches(frame))))
+    text = ", ".join(parts)
+    if budgets and steps:
+        text += ("; " if text else "") + ", ".join(map(str, budgets)) + " steps"
+    return text or None
+
+
+CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "fake": 10}
+"""Classes of the built-in data sets, for chance level when no run diverged (a diverged run
+records chance itself; an ImageFolder's classes are known only that way)."""
+
+
+def chance_level(frame: pd.DataFrame, metric: str = TEST_METRIC) -> float | None:
+    """The accuracy of guessing: what a diverged run recorded (the trainer writes
+    1/classes), else 1/classes of the data set ``data.name`` names, else None."""
+    if "outcome" in frame.columns and metric in frame.columns:
+        recorded = pd.to_numeric(frame.loc[frame["outcome"] == DIVERGED, metric], errors="coerce").dropna()
+        if len(recorded):
+            return float(recorded.min())
+    names = {str(v) for v in frame.get("data.name", pd.Series(dtype=object)) if not missing(v)}
+    classes = {CLASSES.get(name) for name in names}
+    return 1.0 / classes.pop() if len(classes) == 1 and None not in classes else None
 
 
 def headline_metric(frame: pd.DataFrame) -> str:

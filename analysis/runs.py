@@ -21,11 +21,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.errors import TrackingError
-from study.record.tags import ARM, HASH, OUTCOME, RESULT_OUTCOMES, ROLE, STUDY
+from study.record.tags import AGC_FLOOR_BOUND, ARM, HASH, OUTCOME, RESULT_OUTCOMES, ROLE, STUDY
 
+FLOOR_TAG_COLUMN = "agc_floor_bound"
+"""The column of tag ``nfstudy.agc_floor_bound`` (``true``/``false``; None where not written)."""
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "end_time",
-    "study", "arm", "config_hash", "outcome",
+    "study", "arm", "config_hash", "outcome", FLOOR_TAG_COLUMN,
 ]
 HISTORY_COLUMNS = ["run_id", "arm", "seed", "key", "step", "value"]
 _PAGE_SIZE = 1000
@@ -121,7 +123,8 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """Load every child run of a study as one row.
 
     Columns: ``run_id``, ``run_name``, ``status``, ``start_time``, ``end_time``,
-    ``study``, ``arm``, ``config_hash``, ``outcome``; then one column per param under its
+    ``study``, ``arm``, ``config_hash``, ``outcome``, ``agc_floor_bound`` (the tag
+    ``nfstudy.agc_floor_bound``, None where the trainer did not write it); then one column per param under its
     dotted key (``agc.clipping``, ``data.batch_size``, ``seed``…) with the value parsed
     back by :func:`parse_param`; then one column per metric under its logged name
     (``val/top1``, ``test/top1``, ``time/step_ms``…) holding the last logged value.
@@ -157,6 +160,7 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
             "arm": tags.get(ARM, ""),
             "config_hash": tags.get(HASH),
             "outcome": tags.get(OUTCOME),
+            FLOOR_TAG_COLUMN: tags.get(AGC_FLOOR_BOUND),
         })
         params.append({key: parse_param(value) for key, value in run.data.params.items()})
         metrics.append(run.data.metrics)

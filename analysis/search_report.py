@@ -23,10 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import BaseStorage
 
-from analysis import roles
+from analysis import floor, roles, scale
 from analysis.document import Section, Table, save_figures, write
 from analysis.formats import score, value
-from analysis.reference import SCALE_NOTE, SearchRecommendation, search_recommendation
+from analysis.reference import SearchRecommendation, search_recommendation
 from analysis.search_figures import best_trial, complete, history_figure, importance_figure, param_figure
 from analysis.trials import load_trials, open_storage, shown_url
 from study.record.tags import DIVERGED
@@ -96,16 +96,37 @@ def build_search_report(spec, storage: str, tracking_uri: str | None, out_dir, c
             + f" Best trials are selected on `{metric}`; `{roles.TEST_METRIC}` is the held-out split of the same "
             f"trial. The good region spans the trials within {GOOD_MARGIN:g} of the best value.",
             f"{len(trials)} trials: " + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) + ".",
+            *_floor_notes(studies, recommendation),
             table,
         ]))
         images, written = save_figures(_figures(spec, trials, studies, store, metric, recommendation), out)
-        sections += [Section("Figures", images), Section("Scale", [SCALE_NOTE]), _trials_section(trials, keys)]
+        sections += [Section("Figures", images), Section("Scale", scale.note(trials.assign(**{roles.BATCH: trials["batch"]}))),
+                     _trials_section(trials, keys)]
     n_complete = len(complete(trials)) if not trials.empty else 0
     paths = write(out, f"Search report: {spec.name}", sections,
                   summary={"study": spec.name, "paper": spec.paper, "n_results": n_complete, "verdicts": [],
                            "best": best_rows})
     _log_to_parents(studies, tracking_uri, out)
     return {**paths, "figures": written, "best": best_rows}
+
+
+def _floor_notes(studies: dict[str, dict], recommendation: SearchRecommendation | None) -> list[str]:
+    """Where the paper's λ cannot leave AGC's ε floor at a search's budget (:mod:`analysis.floor`),
+    the search cannot favour it whatever its merit: say so for each such Optuna study."""
+    if recommendation is None or recommendation.key != roles.CLIPPING:
+        return []
+    notes = []
+    for name, attrs in studies.items():
+        config = pd.DataFrame([{**attrs.get("fixed", {}), roles.CLIPPING: recommendation.value}])
+        if roles.MODEL in config.columns and floor.floor_bound(config).iloc[0]:
+            run = config.iloc[0]
+            notes.append(f"**Floor-bound:** in `{name}` ({roles.batch_phrase(config, run.get(roles.BATCH))}, "
+                         f"{value(run.get(roles.STEPS))} steps) the paper's "
+                         f"{recommendation.symbol} = {recommendation.value:g} is floor-bound: SkipInit gains can reach "
+                         f"{floor.gain_text(floor.bounds(config).iloc[0])} at most, so the residual branches barely "
+                         "train and the search cannot favour it whatever its merit; a longer budget (`train.steps`) "
+                         "lets it leave the floor.")
+    return notes
 
 
 def _figures(spec, trials, studies, store, metric, recommendation) -> list[tuple]:

@@ -79,8 +79,8 @@ def load_trials(study: str, storage: str | BaseStorage | None) -> tuple[pd.DataF
             :func:`open_storage`; a missing file or None means no trials.
 
     Returns:
-        ``(trials, studies)``: trials with :data:`TRIAL_COLUMNS` plus the fixed real batch,
-        lr and steps and one column per searched key; ``studies`` maps each Optuna study
+        ``(trials, studies)``: trials with :data:`TRIAL_COLUMNS` plus the Optuna study's
+        fixed config (dotted keys: real batch, lr, steps, model…) and one column per searched key; ``studies`` maps each Optuna study
         name to its user attrs (``fixed`` config, ``space``, ``metric``…) plus ``direction``.
 
     Raises:
@@ -110,7 +110,7 @@ def load_trials(study: str, storage: str | BaseStorage | None) -> tuple[pd.DataF
                 "pruned_epoch": steps[-1] if trial.state.name == "PRUNED" and steps else None,
                 "test/top1": trial.user_attrs.get("test/top1"),
                 "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
-                **{key: fixed.get(key) for key in (roles.DEVICE_BATCH, roles.LR, roles.STEPS)},
+                **fixed,
                 **params,
             })
     return pd.DataFrame(rows, columns=list(dict.fromkeys(TRIAL_COLUMNS + [k for r in rows for k in r]))), studies

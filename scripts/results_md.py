@@ -69,7 +69,7 @@ def main() -> None:
             sections.append("| " + " | ".join(values + [ci, str(row.n), str(row.n_diverged)]) + " |")
         sections.append("")
     lines += ["## Verdicts", "", "| study | claim | verdict at this scale |", "|---|---|---|", *verdict_rows, ""]
-    lines += ["## Numbers (test split, mean over seeds with a 95% t-interval)", "", *sections]
+    lines += ["## Numbers (test split, mean over seeds with a 95% logit-t interval, inside [0, 100] %)", "", *sections]
     print("\n".join(lines))
 
 

@@ -99,7 +99,8 @@ def test_a_report_of_another_scale_goes_to_its_own_folder(study_file, capsys, mo
     assert main(["run", "tiny", "--set", "train.steps=2"]) == 0
     capsys.readouterr()
     assert main(["report", "tiny"]) == 0
-    assert "8 finished runs belong to no preset (made with --set)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny: runs at 2 scale(s), each reported in its own folder: base (8 of 8); --set train.steps=2 (8 runs)" in out
     assert main(["report", "--all", "--set", "train.steps=2"]) == 0
     reports = paths.home() / "reports"
     base, other = reports / "tiny" / "report.md", reports / "tiny" / "train.steps=2" / "report.md"
@@ -119,7 +120,7 @@ def test_with_no_preset_a_report_covers_every_scale_that_has_runs(study_file, ca
     capsys.readouterr()
     assert main(["report", path]) == 0
     out = capsys.readouterr().out
-    assert "runs at 1 scale(s): preset smoke (8 of 8)" in out
+    assert "runs at 1 scale(s), each reported in its own folder: preset smoke (8 of 8)" in out
     spec_key = next(p.name for p in (paths.home() / "reports").iterdir())
     markdown = (paths.home() / "reports" / spec_key / "preset-smoke" / "report.md").read_text()
     assert "No runs yet" not in markdown

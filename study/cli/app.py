@@ -413,10 +413,11 @@ def report(
     search_storage: SearchStorageOpt = None,
     old_storage: OldStorageOpt = None,
 ) -> None:
-    """Figures (PNG + SVG), report.md and report.html under $NFSTUDY_HOME/reports/NAME/
-    (NAME/SCALE/ for another scale's runs, e.g. reports/clip-threshold/preset-smoke/). With no
-    --preset/--set, every scale that has runs is reported, each in its folder."""
-    from analysis.report import build_index
+    """Print each report's summary and write figures (PNG + SVG), report.md and report.html
+    under $NFSTUDY_HOME/reports/NAME/ (NAME/SCALE/ for another scale's runs, e.g.
+    reports/clip-threshold/preset-smoke/). With no --preset/--set, every scale that has runs,
+    each in its folder."""
+    from analysis.report import build_index, build_report
     from study import paths
     from study.cli.preflight import check_tracking
     from study.config.study_file import list_studies, load_study
@@ -438,9 +439,19 @@ def report(
             folders[spec.name] = out
             console.print(f"{spec.name}: {written.get('html', out)}")
             continue
-        for scale_preset, scale_sets in _report_scales(spec, typed, uri, preset, set_):
-            out = _report_scale(spec, typed, uri, scale_preset, scale_sets)
+        inputs = _paper_inputs(spec)
+        for scale_preset, scale_sets in _report_scales(spec, uri, preset, set_):
+            scale = paths.scale_name(scale_preset, scale_sets)
+            out = paths.reports_dir(spec.report_key, scale)
             folders.setdefault(spec.name, out)
+            _, runs = _plan(typed, scale_preset, scale_sets)
+            written = build_report(spec, uri, out, command=_command("report", typed, scale_preset, scale_sets),
+                                   inputs=inputs, config_hashes={r.config_hash for r in runs},
+                                   artifact_path="report" + (f"/{scale}" if scale else ""),
+                                   run_command=_command("run", typed, scale_preset, scale_sets))
+            for line in written["lines"]:
+                console.print(line, markup=False, highlight=False, emoji=False)
+            console.print(f"{spec.name}" + (f" ({scale})" if scale else "") + f": {written['html']}", markup=False)
     if all_:
         scale = paths.scale_name(preset, set_)
         index = build_index(paths.home() / "reports", list(folders), folders, "index" + (f"-{scale}" if scale else ""))
@@ -462,47 +473,34 @@ def _recorded(names: list[str], uri: str) -> list[str]:
 
 
 def _command(command: str, typed: str, preset: Optional[str] = None, sets: Optional[list[str]] = None) -> str:
-    """The command line that makes a report again, the study as the user named it."""
+    """The command line that makes a report (or its runs) again, the study as the user named it."""
     return " ".join(["nfstudy", command, shlex.quote(typed), *([f"--preset {shlex.quote(preset)}"] if preset else []),
                      *(f"--set {shlex.quote(item)}" for item in sets or [])])
 
 
-def _report_scales(spec, typed: str, uri: str, preset: Optional[str], sets: Optional[list[str]]):
-    """``[(preset, sets)]`` to report: the one asked for, else every scale with runs (the
-    study's base when none has any), said on stdout."""
-    from study.cli.scales import scales_with_runs
-    from study.run.run_cache import open_tracking
+def _report_scales(spec, uri: str, preset: Optional[str], sets) -> list[tuple]:
+    """``[(preset, sets)]`` to report: the one asked for, else every scale that has runs
+    (``analysis.scale.recorded_scales``; the study's base when none has any), said on stdout."""
+    from analysis.runs import load_runs
+    from analysis.scale import recorded_scales
+    from study.config.expand import plan
+    from study.config.study_file import list_presets
 
     if preset is not None or sets:
         return [(preset, sets)]
-    tracking = open_tracking(uri)
-    experiment = tracking.client.get_experiment_by_name(spec.name) if tracking is not None else None
-    finished = set(tracking.finished_hashes(experiment.experiment_id)) if experiment is not None else set()
-    scales, others = scales_with_runs(spec, finished)
-    if len(scales) > 1 or (scales and scales[0].preset is not None):
-        console.print(f"{spec.name}: runs at {len(scales)} scale(s): "
-                      + ", ".join(f"{s.label} ({s.finished} of {len(s.runs)})" for s in scales))
-    if others:
-        console.print(f"{spec.name}: {others} finished runs belong to no preset (made with --set): report them "
-                      "with the same --preset/--set as the run")
-    return [(s.preset, None) for s in scales] or [(None, None)]
-
-
-def _report_scale(spec, typed: str, uri: str, preset: Optional[str], sets: Optional[list[str]]):
-    """Write the report of one scale of a grid study; returns its folder."""
-    from analysis.report import build_report
-    from study import paths
-    from study.config.expand import parse_overrides, plan
-
-    scale = paths.scale_name(preset, sets)
-    out = paths.reports_dir(spec.report_key, scale)
-    runs = plan(spec, preset=preset, overrides=parse_overrides(sets))
-    written = build_report(spec, uri, out, command=_command("report", typed, preset, sets),
-                           inputs=_paper_inputs(spec),
-                           config_hashes={r.config_hash for r in runs},
-                           artifact_path="report" + (f"/{scale}" if scale else ""))
-    console.print(f"{spec.name}" + (f" ({scale})" if scale else "") + f": {written.get('html', out)}")
-    return out
+    plans = {}
+    for candidate in [None, *list_presets()]:
+        try:
+            plans[candidate] = {r.config_hash: r.config.flat() for r in plan(spec, preset=candidate)}
+        except NfstudyError:  # e.g. a preset that needs a data.root: no runs of it either
+            continue
+    varied = {key for overrides in spec.arms.values() for key in overrides} | set(spec.grid) | {"seed"}
+    found = recorded_scales(load_runs(spec.name, uri), plans, varied)
+    if len(found) > 1 or (found and found[0].label() != "base"):
+        console.print(f"{spec.name}: runs at {len(found)} scale(s), each reported in its own folder: "
+                      + "; ".join(f"{s.label()} ({s.finished}" + (f" of {s.planned})" if s.planned else " runs)")
+                                  for s in found), markup=False, highlight=False)
+    return [(s.preset, list(s.sets) or None) for s in found] or [(None, None)]
 
 
 def _paper_inputs(spec) -> dict:

@@ -33,6 +33,23 @@ SPOOL_ID = "nfstudy.spool_id"
 QUEUE_TRIAL = "nfstudy.queue_trial"
 """The queue trial that owns a child run: ``<queue name>#<trial id>``."""
 
+AGC_FLOOR_BOUND = "nfstudy.agc_floor_bound"
+"""``true`` on a child run whose SkipInit gains never left AGC's ε floor (a small multiple
+of ``agc.eps``), else ``false``; written by the trainer from its AGC telemetry. A report reads
+it as the run's floor-bound flag (``analysis.floor``)."""
+VERDICT_PREFIX = "nfstudy.verdict."
+"""``nfstudy.verdict.<claim>`` (``nfstudy.verdict.<scale>.<claim>`` for another scale's runs)
+on a study's parent run: the verdict ``nfstudy report`` reached, e.g. ``supported; 3 pairs;
+resolved``."""
+
+# -- MLflow metrics nfstudy writes besides the trainer's scores --------------------------------
+AGC_MAX_SKIPINIT_GAIN = "agc/max_skipinit_gain"
+"""The largest |SkipInit gain| of a child run's net (AGC telemetry, logged per epoch)."""
+SUMMARY_PREFIX = "summary/"
+"""Metrics of a study's parent run after ``nfstudy report``: ``summary/[<scale>/]mean/<cell>/<metric>``
+(mean over seeds), ``summary/[<scale>/]delta/<comparison>/<metric>`` (mean paired Δ) and
+``summary/[<scale>/]runs_missing``, so the runs table answers the question."""
+
 # -- MLflow tags of searches --------------------------------------------------------------------
 SEARCH = "nfstudy.search"
 OPTUNA_STUDY = "nfstudy.optuna_study"

@@ -69,7 +69,7 @@ def clip_threshold_runs() -> list[dict]:
             wobble = 0.01 * (seed - 1)
             runs.append({
                 "params": {"agc.clipping": clipping, "data.batch_size": batch, "data.device_batch_size": 128,
-                           "optim.lr": 0.1 * batch / 256, "train.steps": 300, "model.name": "nf_resnet_small",
+                           "optim.lr": 0.1, "train.steps": 300, "model.name": "nf_resnet_small",
                            "sam.mode": "off", "agc.exclude": None, "seed": seed},
                 "metrics": {"val/top1": top1 + wobble, "test/top1": top1 + wobble / 2, "time/step_ms": 20.0},
                 "history": {"val/top1": [0.5, top1 + wobble]},
@@ -111,7 +111,8 @@ def add_search_study(storage, study: str, name: str, batch, trials: list[tuple])
     created = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     created.set_user_attr(SEARCH, study)
     created.set_user_attr("fixed", {"data.batch_size": batch, "data.device_batch_size": 128, "optim.lr": 0.1,
-                                    "train.steps": 150})
+                                    "train.steps": 150, "model.name": "nf_resnet_small", "model.norm": "nf",
+                                    "agc.exclude": ["classifier.weight"], "data.name": "digits"})
     spaces = {"agc.clipping": FloatDistribution(0.001, 1.0, log=True), "data.batch_size": FloatDistribution(64, 4096),
               "optim.lr": FloatDistribution(0.01, 1.0, log=True)}
     for number, (params, value, state, outcome) in enumerate(trials):

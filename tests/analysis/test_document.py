@@ -37,8 +37,8 @@ def test_html_is_self_contained_and_marks_verdicts(tmp_path):
     page = to_html("Title", _sections(_image(tmp_path)))
     assert "<strong>bold</strong>" in page and "<code>code</code>" in page
     assert '<a href="other/report.html">link</a>' in page
-    assert '<p class="verdict supported">supported</p>' in page
-    assert '<p class="verdict refuted">not supported</p>' in page
+    assert '<p><span class="verdict supported">supported</span></p>' in page
+    assert '<p><span class="verdict refuted">not supported</span></p>' in page
     assert page.count('src="data:image/png;base64,') == 1 and "fig.png" not in page
     assert "<h3>claim-one</h3>" in page and "<details><summary>show 3 rows</summary>" in page
 

@@ -23,10 +23,12 @@ def test_line_draws_one_series_and_band_per_hue_and_marks_divergence():
     figure = figures.line(_frame(), "agc.clipping", "val/top1", hue="data.batch_size", logx=True)
     ax = figure.axes[0]
     assert len(ax.lines) == 2  # one mean line per batch size
-    assert len(ax.collections) == 3  # two CI bands and one scatter of diverged runs
+    assert len(ax.collections) == 4  # two CI bands, the hollow floor-bound points, the diverged runs
     assert ax.get_xscale() == "log"
-    assert "diverged" in [text.get_text() for text in ax.get_legend().get_texts()]
-    assert "256 → 128" in figure._supxlabel.get_text() and "300 steps" in figure._supxlabel.get_text()
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "diverged" in legend and figures.FLOOR_LABEL in legend
+    caption = figure._supxlabel.get_text()
+    assert "256 → lr 0.1" in caption and "real batch 128" in caption and "300 steps" in caption
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):
@@ -74,3 +76,23 @@ def test_signal_propagation_three_panels_one_line_per_model():
                          "residual_variance": 1.0} for m in ("bn", "nf") for b in range(4)])
     figure = figures.signal_propagation(spp)
     assert len(figure.axes) == 3 and all(len(ax.lines) == 2 + 1 for ax in figure.axes)  # + one transition line
+
+
+def test_equal_means_never_hide_one_another():
+    """The quickstart's Fig. 2a: BN and NF+AGC at one batch size with the same accuracy. Each
+    line has its own marker shape and sits a little to the side of the others."""
+    frame = _frame()
+    frame = frame[frame["agc.clipping"] == 0.01]
+    bn = frame.assign(**{"model.name": "bn_resnet_small", "agc.clipping": None})
+    ax = figures.fig2a_batch_scaling(pd.concat([frame, bn], ignore_index=True)).axes[0]
+    bn_line, agc_line = ax.lines
+    assert bn_line.get_marker() != agc_line.get_marker()
+    assert list(bn_line.get_ydata()) == list(agc_line.get_ydata())  # the same means …
+    assert all(a < b for a, b in zip(bn_line.get_xdata(), agc_line.get_xdata()))  # … drawn side by side
+
+
+def test_floor_bound_cells_are_hollow():
+    ax = figures.line(_frame(), "agc.clipping", "test/top1", hue="data.batch_size", logx=True).axes[0]
+    (hollow,) = [c for c in ax.collections if c.get_offsets().shape[0] == 2 and (c.get_facecolor()[:, :3] == 1).all()]
+    # paper batch 256 (lr 0.1) at λ 0.01 and 0.04: reachable gains 0.0016 and 0.061
+    assert sorted(round(x / (1 + figures.DODGE) ** -0.5, 6) for x in hollow.get_offsets()[:, 0]) == [0.01, 0.04]

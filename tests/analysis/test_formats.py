@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from analysis.formats import delta_ci, format_ci, metric_ci, score, value
+from analysis.formats import delta_ci, format_ci, metric_ci, score, sequence_ci, value
 
 
 def test_format_ci():
@@ -16,7 +16,7 @@ def test_format_ci():
 
 def test_metric_ci_prints_accuracies_in_percent_and_times_as_they_are():
     assert metric_ci("test/top1", 0.9, 0.85, 0.95, 3) == "90.0 [85.0, 95.0] %"
-    assert metric_ci("val/top5", 0.01, -0.02, 0.04, 3, signed=True) == "+1.0 [-2.0, +4.0] %"
+    assert metric_ci("val/top5", 0.01, -0.02, 0.04, 3, signed=True) == "+1.0 [-2.0, +4.0] pt"  # a difference: points
     assert metric_ci("time/step_ms", 12.345, 11.0, 13.5, 3) == "12.35 [11.00, 13.50]"
     assert metric_ci("test/top1", math.nan, math.nan, math.nan, 0) == "no data"
 
@@ -25,6 +25,12 @@ def test_delta_ci_names_pairs_and_divergences():
     row = pd.Series({"mean": 0.012, "low": 0.004, "high": 0.02, "n_pairs": 3, "n_diverged": 1})
     assert delta_ci(row) == "+1.20 [+0.40, +2.00] pt, n=3 pairs, 1 with a diverged run"
     assert delta_ci(row, scale=1.0, unit="ms") == "+0.0 [+0.0, +0.0] ms, n=3 pairs, 1 with a diverged run"
+
+
+def test_sequence_ci_prints_an_unbounded_sequence_as_infinity():
+    row = {"n_pairs": 2, "cs_low": -math.inf, "cs_high": math.inf}
+    assert sequence_ci(row) == "[-∞, +∞] pt"
+    assert sequence_ci({"n_pairs": 5, "cs_low": 0.004, "cs_high": 0.031}) == "[+0.4, +3.1] pt"
 
 
 def test_value_and_score():

@@ -10,7 +10,8 @@ from analysis.report import build_index, build_report
 from analysis.rules import INCONCLUSIVE
 from study.errors import ConfigError
 
-SECTIONS = ["## Study", "## Design", "## Results", "## Figures", "## Paper claims", "## Scale", "## MLflow runs"]
+SECTIONS = ["## Summary", "## Study", "## Design", "## Results", "## Paired differences", "## Figures", "## Paper claims",
+            "## Scale", "## MLflow runs"]
 
 
 def _unit_vs_layer():
@@ -39,13 +40,12 @@ def test_report_has_every_section_and_the_rule_text(reports):
     _, _, built = reports
     paths, _ = built["clip-threshold"]
     text = paths["markdown"].read_text()
-    for section in SECTIONS:
-        assert section in text
+    assert [text.index(section) for section in SECTIONS] == sorted(text.index(section) for section in SECTIONS)
     for claim in reference("fig2b").claims:
         assert claim.rule_text in text and claim.statement in text
     assert "nfstudy report clip-threshold" in text
-    assert "Student-t" in text and "paper batch → real batch 256 → 128" in text
-    assert "| 0.16 | 4096 | 10.0 [7.5, 12.5] % |" in text
+    assert "Student-t" in text and "at lr 0.1·B/256 (paper batch B: 256 → lr 0.1, 4096 → lr 1.6), real batch 128" in text
+    assert "| 0.16 | 4096 | 10.0 [7.7, 12.7] % |" in text  # val/top1 0.09, 0.10, 0.11: a logit-t interval
     assert [v["verdict"] for v in paths["verdicts"]] == ["supported", "supported"]
 
 
@@ -63,9 +63,9 @@ def test_report_paired_delta_against_baseline(reports):
     _, _, built = reports
     paths, ids = built["unit-vs-layer"]
     text = paths["markdown"].read_text()
-    assert "## Paired Δ against `layer`" in text
-    assert "| unit | test/top1 | +5.0 [+5.0, +5.0] % | 3 | 0 |" in text
-    assert paths["verdicts"] == [{"claim": "unit-beats-layer", "verdict": "supported"}]
+    assert "Δ = arm − `layer`" in text
+    assert "| unit − layer | test/top1 | +5.0 [+5.0, +5.0] pt | 3 | 0 | [+5.0, +5.0] pt | resolved |" in text
+    assert paths["verdicts"] == [{"claim": "unit-beats-layer", "verdict": "supported", "resolved": True, "pairs": 3}]
     assert all(run_id in text for run_id in ids["children"])
 
 
@@ -118,10 +118,9 @@ def test_a_paper_result_gets_the_inputs_it_needs(tmp_path, store_filler):
     spec, runs = _bn_vs_nf()
     store_filler(uri, spec.name, runs)
     given = build_report(spec, uri, tmp_path / "given", "nfstudy report twins", inputs={SPP.name: _spp_rows()})
-    assert given["verdicts"] == [{"claim": "nf-matches-bn", "verdict": "supported"},
-                                 {"claim": "bn-slower", "verdict": "supported"},
-                                 {"claim": "spp-bn-resets", "verdict": "supported"},
-                                 {"claim": "spp-nf-no-mean-shift", "verdict": "supported"}]
+    assert {v["claim"]: v["verdict"] for v in given["verdicts"]} == {
+        "nf-matches-bn": "supported", "bn-slower": "supported", "spp-bn-resets": "supported",
+        "spp-nf-no-mean-shift": "supported"}
     assert {p.name for p in given["figures"]} >= {"paper-table6.png", "signal-propagation.png"}
     assert "![[I] Fig. 1: signal propagation at initialisation](signal-propagation.png)" in given["markdown"].read_text()
 
@@ -148,8 +147,10 @@ def test_nfstudy_report_measures_the_signal_propagation_table6_needs(study_file,
 
     path = study_file("name: twins\npaper: table6\nbase: presets/smoke.yaml\n"
                       "arms:\n  bn: {model.norm: bn}\n  nf: {model.norm: nf}\n")
+    from study.config.study_file import load_study
+
     assert main(["report", str(path)]) == 0
-    folder = paths.reports_dir("twins")
+    folder = paths.reports_dir(load_study(path).report_key)
     summary = json.loads((folder / "summary.json").read_text())
     assert {v["claim"]: v["verdict"] for v in summary["verdicts"]} == {
         "nf-matches-bn": INCONCLUSIVE, "bn-slower": INCONCLUSIVE,  # no runs yet
@@ -165,3 +166,64 @@ def test_nfstudy_report_of_an_unknown_paper_key_exits_2_and_writes_nothing(study
     assert main(["report", str(path)]) == 2
     assert "paper: got 'fig9'; allowed: fig2b" in capsys.readouterr().err
     assert not (paths.home() / "reports").exists()
+
+
+def test_the_summary_opens_the_report_and_a_partial_study_says_what_is_missing_first(tmp_path, store_filler,
+                                                                                        clip_threshold_study):
+    spec, runs = clip_threshold_study
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store_filler(uri, spec.name, runs[:12])  # 12 of the 18 planned runs
+    planned = {f"h{i:04d}" for i in range(18)}
+    paths = build_report(spec, uri, tmp_path / "out", "nfstudy report clip-threshold", config_hashes=planned,
+                         run_command="nfstudy run clip-threshold")
+    text = paths["markdown"].read_text()
+    assert text.index("## Summary") < text.index("## Study")
+    first = text.split("## Summary\n\n")[1].splitlines()[0]
+    assert first == ("**6 of 18 planned runs missing: every number below rests on part of the study; "
+                     "`nfstudy run clip-threshold` trains the rest.**")
+    assert paths["lines"][0].startswith("clip-threshold: 6 of 18 planned runs missing")
+    assert json.loads(paths["summary"].read_text())["n_missing"] == 6
+    html = paths["html"].read_text()
+    assert html.index("planned runs missing") < html.index("<h2>Study</h2>")
+
+
+def _dropout(seed_accuracies):
+    spec = SimpleNamespace(name="dropout", description="", paper=None, arms={}, grid={"model.dropout": [0.0, 0.2]},
+                           seeds=[0, 1], metric="val/top1", baseline=None, figures=[])
+    runs = [{"params": {"model.dropout": dropout, "model.name": "nf_resnet_small", "seed": seed},
+             "metrics": {"val/top1": accuracy, "test/top1": accuracy}}
+            for dropout, accuracies in seed_accuracies.items() for seed, accuracy in enumerate(accuracies)]
+    return spec, runs
+
+
+def test_a_grid_axis_gets_paired_differences_and_intervals_stay_in_0_100(tmp_path, store_filler):
+    """dropout 0 against 0.2 (a grid axis, no arms), two seeds far apart: the Δ is paired, in
+    points, and no interval leaves [0, 100] % (a t-interval over these two seeds is [-74.1, 145.2])."""
+    spec, runs = _dropout({0.0: [0.10, 0.81], 0.2: [0.12, 0.85]})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store_filler(uri, spec.name, runs)
+    paths = build_report(spec, uri, tmp_path / "out", "nfstudy report dropout")
+    text = paths["markdown"].read_text()
+    # Δ per seed +2 and +4 points: 3 ± t(0.975, 1)·1.41/√2 = [-9.7, +15.7]
+    assert ("  model.dropout=0.2 − model.dropout=0: +3.0 [-9.7, +15.7] pt, 2 pairs, not resolved "
+            "(≈ 6 pairs would resolve it)") in paths["lines"]
+    assert "| model.dropout=0.2 − model.dropout=0 | test/top1 | +3.0 [-9.7, +15.7] pt | 2 | 0 | [-100.0, +100.0] pt |" in text
+    results = text.split("## Results")[1].split("## Paired differences")[0]
+    intervals = [cell for row in results.splitlines() if row.startswith("| 0")
+                 for cell in row.split("|") if "%" in cell]
+    assert len(intervals) == 4  # val and test of both dropout values
+    for cell in intervals:
+        low, high = (float(x) for x in cell.split("[")[1].split("]")[0].split(","))
+        assert 0.0 <= low <= high <= 100.0
+    assert any("only 2 seeds" in line for line in paths["lines"])  # the n ≤ 2 warning
+
+
+def test_the_parent_run_carries_the_summary(reports):
+    uri, _, built = reports
+    _, ids = built["unit-vs-layer"]
+    parent = MlflowClient(uri).get_run(ids["parent"]).data
+    assert parent.tags["nfstudy.verdict.unit-beats-layer"] == "supported; 3 pairs; resolved"
+    assert parent.metrics["summary/mean/unit/test/top1"] == pytest.approx(0.96)
+    assert parent.metrics["summary/mean/layer/test/top1"] == pytest.approx(0.91)
+    assert parent.metrics["summary/delta/unit vs layer/test/top1"] == pytest.approx(0.05)
+    assert parent.metrics["summary/runs_missing"] == 0.0

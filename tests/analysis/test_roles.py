@@ -39,9 +39,13 @@ def test_peak_lr_is_lr_per_256_images_times_the_paper_batch():
 def test_mapping_caption_says_what_ran():
     frame = pd.DataFrame({roles.BATCH: [256, 4096, 4096], roles.DEVICE_BATCH: [128, 128, 128],
                           roles.LR: [0.1, 0.1, 0.1], roles.STEPS: [300, 300, 300]})
-    assert roles.mapping_caption(frame) == "paper batch → real batch 256 → 128, 4096 → 128; peak lr 0.1, 1.6; 300 steps"
+    assert roles.mapping_caption(frame) == ("at lr 0.1·B/256 (paper batch B: 256 → lr 0.1, 4096 → lr 1.6), real batch 128; "
+                                            "300 steps")
+    assert roles.batch_phrase(frame, 4096) == "lr 0.1·4096/256 = 1.6 (paper batch 4096), real batch 128"
+    assert roles.batch_phrase(frame, 4096, short=True) == "lr 1.6 (paper batch 4096)"
     unmapped = pd.DataFrame({roles.BATCH: [128], roles.DEVICE_BATCH: [None], roles.STEPS: [None]})
     assert roles.mapping_caption(unmapped) is None
+    assert roles.batch_phrase(unmapped, 128) == "batch 128"  # nothing capped: the batch is what ran
 
 
 def test_best_option_selects_on_the_mean_per_group():

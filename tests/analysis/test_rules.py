@@ -34,7 +34,8 @@ def test_unit_vs_layer(unit, layer, expected):
             rows.append(_run(seed, layer, **{"agc.mode": "layer", "data.batch_size": batch}))
     verdict = _judge("unit-vs-layer", "unit-beats-layer", rows, ["data.batch_size"])
     assert verdict.verdict == expected
-    assert "n=6 pairs" in next(iter(verdict.numbers.values()))
+    # two batch sizes per seed, averaged per seed: the interval is over the 3 seeds, the replicates
+    assert "n=3 pairs" in next(iter(verdict.numbers.values()))
 
 
 def test_missing_column_is_inconclusive_with_a_reason():
@@ -60,7 +61,7 @@ def test_fig2b_supported_when_large_lambda_diverges_and_best_lambda_falls():
     large = _judge("fig2b", "fig2b-large-lambda", rows, grid)
     assert large.verdict == SUPPORTED and "3 of 3 runs diverged" in large.numbers["largest λ"]
     falls = _judge("fig2b", "fig2b-best-lambda-falls", rows, grid)
-    assert falls.verdict == SUPPORTED and "best λ 0.16" in falls.numbers["batch 256"]
+    assert falls.verdict == SUPPORTED and "best λ 0.16" in falls.numbers["at batch 256"]
 
 
 def test_fig2b_not_supported_when_large_lambda_only_loses_a_point():
@@ -160,3 +161,41 @@ def test_bn_and_nf_sides_come_from_model_norm_when_the_name_is_the_same():
 def test_a_claim_whose_data_was_not_given_is_inconclusive():
     verdict = _claim("table6", "spp-bn-resets").judge(None, RuleContext())
     assert verdict.verdict == INCONCLUSIVE and verdict.reason == "no signal-propagation data given"
+
+
+def _final_layer_rows(batch, lr=0.1):
+    """clip-final-layer at one paper batch: λ 0.01, the digits mapping (real batch 128, 300 steps)."""
+    params = {"model.name": "nf_resnet_small", "model.norm": "nf", "agc.clipping": 0.01, "optim.lr": lr,
+              "data.batch_size": batch, "data.device_batch_size": 128, "train.steps": 300}
+    rows = [_run(s, 0.82, arm="not-clipped", **params, **{"agc.exclude": ["classifier.weight"]}) for s in SEEDS]
+    return rows + [_run(s, 0.14 + 0.01 * s, arm="clipped", **params, **{"agc.exclude": []}) for s in SEEDS]
+
+
+def test_a_claim_resting_on_floor_bound_runs_says_so_instead_of_counting_them():
+    """At paper batch 1024 (lr 0.4), λ 0.01 and 300 steps the gains can reach 0.061 at most:
+    both arms sit on the ε floor, so their 68-point gap is no evidence about the classifier."""
+    floor_bound = _judge("clip-final-layer", "do-not-clip-classifier", _final_layer_rows(1024), ["data.batch_size"])
+    assert floor_bound.verdict == INCONCLUSIVE
+    assert floor_bound.reason.startswith("floor-bound at this budget (with them the rule says supported)")
+    assert floor_bound.limit.startswith("floor-bound at this budget")
+    assert "clipped data.batch_size=1024 (reachable gain ≤ 0.061)" in floor_bound.left_out
+    both = _final_layer_rows(1024) + _final_layer_rows(4096)  # at lr 1.6 the gains escape: judged there alone
+    verdict = _judge("clip-final-layer", "do-not-clip-classifier", both, ["data.batch_size"])
+    assert verdict.verdict == SUPPORTED and "data.batch_size=1024" in verdict.left_out
+    assert [cell.text() for cell in verdict.comparisons[0].cells] == [
+        "clipped data.batch_size=4096", "not-clipped data.batch_size=4096"]
+
+
+def test_a_claim_about_every_batch_size_judged_at_one_says_so():
+    rows = [row for row in _fig2a_rows(0.953) if row["data.batch_size"] == 4096]
+    verdict = _judge("fig2a", "fig2a-agc-recovers", rows, ["data.batch_size"])
+    assert verdict.verdict == INCONCLUSIVE and verdict.reason == "judged at one batch size only (supported there)"
+    assert verdict.limit == "one batch size ran: the claim is about every batch size"
+    failing = [row for row in _fig2a_rows(0.85) if row["data.batch_size"] == 4096]
+    assert _judge("fig2a", "fig2a-agc-recovers", failing, ["data.batch_size"]).verdict == NOT_SUPPORTED  # one suffices
+
+
+def test_a_capped_paper_batch_is_named_by_the_lr_it_set_and_the_batch_that_ran():
+    verdict = _judge("clip-final-layer", "do-not-clip-classifier", _final_layer_rows(4096), ["data.batch_size"])
+    assert list(verdict.numbers) == [
+        "Δ test/top1 (not clipped − clipped at lr 0.1·4096/256 = 1.6 (paper batch 4096), real batch 128)"]

@@ -53,6 +53,14 @@ def test_the_report_puts_the_best_lambda_per_batch_beside_the_paper(study_file, 
     # 3 complete + 1 diverged-complete, 1 pruned; good region: within one point of 0.95.
     assert "| 4/1/1 | 0.01 | 0.9500 |" in row_1024 and "0.01 – 0.03" in row_1024 and row_1024.endswith("| 0.01 | yes |")
     assert "λ = 0.01 for batch 1024–4096" in markdown
+    # at paper batch 1024 (lr 0.4) and 150 steps λ = 0.01 cannot leave AGC's ε floor; at 4096 (lr 1.6) it can
+    floor_notes = [line for line in markdown.splitlines() if line.startswith("**Floor-bound:**")]
+    assert floor_notes == [
+        "**Floor-bound:** in `nfstudy-search:lam:aaaa1111` (lr 0.1·1024/256 = 0.4 (paper batch 1024), real batch 128, "
+        "150 steps) the paper's λ = 0.01 is floor-bound: SkipInit gains can reach 0.0048 at most, so the residual "
+        "branches barely train and the search cannot favour it whatever its merit; a longer budget (`train.steps`) "
+        "lets it leave the floor."]
+    assert "Length: 150 steps" in markdown.split("## Scale")[1]
     names = sorted(p.name for p in written["figures"])
     assert names == ["history.png", "history.svg", "param-agc_clipping.png", "param-agc_clipping.svg"]
     assert all(p.stat().st_size > 1000 for p in written["figures"])

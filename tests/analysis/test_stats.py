@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import bootstrap_ci, mean_ci, missing, paired_delta, sort_key, summarise
+from analysis.stats import bootstrap_ci, fraction_ci, mean_ci, missing, paired_delta, sort_key, summarise
 
 T_975_4 = 2.7764451  # Student t quantile, 4 degrees of freedom (tables)
 T_975_2 = 4.3026527  # 2 degrees of freedom
@@ -33,6 +33,44 @@ def test_bootstrap_ci_is_deterministic_and_near_the_normal_interval():
     # normal approximation of the bootstrap mean: 3 ± 1.96·sqrt(2/5) = [1.76, 4.24]
     assert (mean, n) == (3.0, 5)
     assert 1.4 < low < 2.2 and 3.8 < high < 4.6
+
+
+def test_an_accuracy_interval_stays_inside_0_and_1_where_a_t_interval_leaves_it():
+    """The report's two cases: 97.8% over three seeds (t: [94.7, 101.0] %) and two seeds
+    far apart (t: [-74.1, 145.2] %)."""
+    near_one = [0.99, 0.98, 0.965]
+    assert mean_ci(near_one)[2] > 1.0
+    mean, low, high, n = fraction_ci(near_one)
+    assert (round(mean, 4), n) == (0.9783, 3) and 0.9 < low < mean < high < 1.0
+    assert high == pytest.approx(0.99603, abs=1e-5)  # logistic(mean logit + t·sd/√3)
+    apart = [0.1, 0.81]
+    assert mean_ci(apart)[1] < 0 and mean_ci(apart)[2] > 1
+    mean, low, high, _ = fraction_ci(apart)
+    assert 0 < low < 0.01 and 0.99 < high < 1 and low <= mean <= high
+
+
+def test_accuracy_intervals_stay_in_0_1_for_any_sample():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        for _ in range(200):
+            sample = rng.choice([0.0, 0.1, 1.0, *rng.random(3)], size=n)
+            _, low, high, _ = fraction_ci(sample)
+            assert 0.0 <= low <= sample.mean() <= high <= 1.0
+
+
+def test_summarise_gives_accuracies_the_fraction_interval_and_times_the_t_interval():
+    frame = pd.DataFrame({"g": [1, 1, 1], "test/top1": [0.99, 0.98, 0.965], "time/step_ms": [10.0, 11.0, 12.0]})
+    assert tuple(summarise(frame, ["g"], "test/top1").iloc[0][["mean", "low", "high"]]) == pytest.approx(
+        fraction_ci(frame["test/top1"])[:3])
+    assert tuple(summarise(frame, ["g"], "time/step_ms").iloc[0][["mean", "low", "high"]]) == pytest.approx(
+        mean_ci(frame["time/step_ms"])[:3])
+
+
+def test_a_difference_of_accuracies_is_cut_to_plus_minus_one_and_carries_its_sequence():
+    frame = pd.DataFrame({"arm": ["a", "b"] * 2, "seed": [0, 0, 1, 1], "test/top1": [0.9, 0.1, 0.2, 0.15]})
+    row = paired_delta(frame, "arm", "b", "test/top1").iloc[0]
+    assert row["low"] == -1.0 and row["high"] == 1.0  # t over 2 pairs: [-4.2, +5.0]
+    assert (row["cs_low"], row["cs_high"]) == (-1.0, 1.0) and row["seeds"] == (0, 1)
 
 
 def _pairs_frame():
