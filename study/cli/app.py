@@ -105,6 +105,7 @@ def run(
     from study.cli.progress import RunProgress
     from study.record.tracking import Tracking
     from study.run.coordinator import execute
+    from study.run.placement import check_placement, visible_gpus
 
     spec, runs = _plan(name, preset, set_)
     if dry_run:
@@ -114,6 +115,7 @@ def run(
         for r in todo:
             console.print(f"  {r.config_hash}  {r.name}")
         return
+    check_placement(workers, nproc_per_node, {r.config.train.device for r in runs}, visible_gpus())
     _preflight(runs, tracking_uri, storage)
     tracking = Tracking(tracking_uri)
     _sync_spool(tracking)
