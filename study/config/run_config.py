@@ -26,6 +26,8 @@ HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_wo
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
+    "train.tf32": "convolutions",
+    "train.deterministic": False,
 }
 
 
@@ -121,6 +123,12 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     checkpoint_every: int | None = Field(None, ge=1)
     """Save a checkpoint every N epochs so a crashed run resumes from it."""
+    tf32: Literal["convolutions", "all", "off"] = "convolutions"
+    """Where fp32 work may use TF32 tensor cores on a GPU (Ampere+): ``convolutions``
+    (PyTorch's default), ``all`` (matrix products too) or ``off`` (true fp32)."""
+    deterministic: bool = False
+    """Deterministic algorithms only (and no cuDNN autotuning): bit-exact repeats and resumes
+    on one GPU model and torch build; slower, and an op without one raises."""
 
     @field_validator("device")
     @classmethod

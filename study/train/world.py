@@ -7,6 +7,7 @@ under ``torchrun`` (:mod:`study.train.ddp`) each rank trains its slice of the gl
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,11 @@ class World:
         """``model`` in DDP when there are several ranks (rank 0's weights are broadcast)."""
         if self.size == 1:
             return model
+        # DDP copies each gradient into its bucket whatever the gradient's strides, so the
+        # values are right either way; with channels_last weights the strides differ only
+        # nominally (size-1 dims of 1x1 convolutions, pytorch/pytorch#47163) or by the layout
+        # Inductor chose under train.compile, and the warning would fire on every run.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         device = next(model.parameters()).device
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
