@@ -191,3 +191,15 @@ def test_replicate_seeds_do_not_share_epochs():
     seed1 = DeviceLoader(images, labels, 8, train=True, seed=1)
     seed0.set_epoch(1)
     assert not torch.equal(_epoch(seed0)[1], _epoch(seed1)[1])
+
+
+def test_channel_stats_match_the_float_computation_without_a_float_copy():
+    from study.data.gpu_loader import channel_stats
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 7, 5), generator=gen, dtype=torch.uint8)
+    images[:, 1] //= 4  # channels with different statistics
+    mean, std = channel_stats(images)
+    x = images.double() / 255
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3)), rtol=1e-12, atol=0)
