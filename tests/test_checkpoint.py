@@ -207,3 +207,24 @@ def test_an_empty_scaler_state_from_a_cpu_leaves_an_enabled_scaler_at_its_start(
     live = _training_objects(scaler_enabled=True)
     restore_state_(state, **live)
     assert live["scaler"].get_scale() == 65536.0
+
+
+@pytest.mark.cuda
+def test_a_real_cuda_checkpoint_resumes_on_the_cpu_and_back():
+    from study.train.checkpoint import capture_state, restore_state_
+
+    cuda = _training_objects()
+    cuda["model"].cuda()
+    from study.optim.sgd import build_optimizer
+
+    cuda["optimizer"] = build_optimizer(cuda["model"], 0.1)  # fused
+    cuda.update(device=torch.device("cuda"), scaler=torch.amp.GradScaler("cuda"),
+                generators={"mixup": torch.Generator(device="cuda").manual_seed(1)})
+    state = capture_state(**cuda, step=5, epoch=0, metrics={})
+    assert state["generators"]["mixup"].numel() != torch.Generator().get_state().numel()
+    cpu = _training_objects()
+    restore_state_(state, **cpu)
+    assert not cpu["optimizer"].param_groups[0]["fused"]
+    back = capture_state(**cpu, step=5, epoch=0, metrics={})
+    restore_state_(back, **cuda)  # a CPU checkpoint resumed on CUDA: generator, scaler, RNG
+    assert cuda["optimizer"].param_groups[0]["fused"] and cuda["scaler"].get_scale() == 65536.0

@@ -118,7 +118,9 @@ def gpu_figures(settings: Settings, log: Callable[[str], None], model: str | Non
     results: list[Result] = []
     add = collector(results, log)
     log(f"{model} NHWC vs NCHW")
-    nhwc, nchw = paired(images_per_s(config(**{"train.channels_last": True})), images_per_s(config()), repeats)
+    # No warm-up calls: each run's first epoch (cuDNN autotuning, lazy initialisation) is left out anyway.
+    nhwc, nchw = paired(images_per_s(config(**{"train.channels_last": True})), images_per_s(config()), repeats,
+                        warmup=False)
     add(judge(f"{model}_nhwc_vs_nchw", nhwc, nchw, "images/s", better="higher",
               note=f"{image_size} px, bf16, batch {config().real_batch_size}, AGC on, eager; training loop only"))
     best_layout = {"train.channels_last": statistics.median(nhwc) > statistics.median(nchw)}
@@ -147,7 +149,7 @@ def gpu_figures(settings: Settings, log: Callable[[str], None], model: str | Non
         if model == "nfnet_f0":
             log("nfnet_f0 vs timm dm_nfnet_f0")
             same = config(**best_layout)
-            value, baseline = paired(images_per_s(same), timm_images_per_s(same), repeats)
+            value, baseline = paired(images_per_s(same), timm_images_per_s(same), repeats, warmup=False)
             add(judge("nfnet_f0_vs_timm", value, baseline, "images/s", better="higher", target=1.0,
                       note="like for like: data, layout, bf16, SGD + weight decay, dropout, stochastic depth, "
                            "AGC 0.01 without the classifier weight; both eager, training loop only"))
@@ -188,7 +190,7 @@ def cifar_figures(settings: Settings, log: Callable[[str], None], root: str | No
     log("cifar10 preset throughput (FakeData 32 px)")
     bf16, fp32 = paired(images_per_s(cifar_config(settings, root, **fake)),
                         images_per_s(cifar_config(settings, root, **fake, **{"train.precision": "fp32"})),
-                        settings.repeats, warmup=not settings.quick)  # fp32: the train.tf32 default
+                        settings.repeats, warmup=False)  # fp32: the train.tf32 default
     add(judge("cifar10_images_per_s", bf16, fp32, "images/s", better="higher", target=2.0,
               note=f"{real.model.resolved_name}, batch {real.real_batch_size}, bf16 vs fp32 "
                    "(TF32 convolutions, fp32 matmuls); training loop only"))

@@ -171,7 +171,7 @@ def test_wrong_dtype_raises_data_error():
         DeviceLoader(images, labels.int(), 2, train=False)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_no_host_sync_inside_a_cuda_epoch():
     images, labels = _indexed_images(64, channels=3)
     loader = DeviceLoader(images.cuda(), labels.cuda(), 16, train=True, crop_pad=2, flip=True, image_size=8)
@@ -203,3 +203,11 @@ def test_channel_stats_match_the_float_computation_without_a_float_copy():
     x = images.double() / 255
     torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)), rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.cuda
+def test_channel_stats_on_cuda_equal_those_on_the_cpu():
+    from study.data.gpu_loader import channel_stats
+
+    images = torch.randint(0, 256, (500, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    assert channel_stats(images.cuda()) == channel_stats(images)

@@ -333,3 +333,21 @@ def test_agc_parameters_on_nfnet_f0():
     assert len(named) == 233
     assert [named[n] for n in unclipped] == [model.get_classifier().weight]
     assert id(model.get_classifier().bias) in selected  # official: the bias is clipped
+
+
+@pytest.mark.cuda
+def test_flat_layout_on_cuda_is_aligned_and_matches_the_per_tensor_path():
+    import copy
+
+    from study.models import build_model
+
+    torch.manual_seed(0)
+    flat = build_model("bn_resnet_cifar", num_classes=10, in_chans=3).cuda().to(memory_format=torch.channels_last)
+    per_tensor = copy.deepcopy(flat)
+    for m in (flat, per_tensor):
+        m(torch.randn(4, 3, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)).square().mean().backward()
+    AGC(agc_parameters(flat), 0.01).clip_()
+    AGC(agc_parameters(per_tensor), 0.01, flatten=False).clip_()
+    for p, q in zip(agc_parameters(flat), agc_parameters(per_tensor)):
+        assert p.data_ptr() % 16 == 0 and p.grad.data_ptr() % 16 == 0
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
