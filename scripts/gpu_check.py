@@ -261,7 +261,8 @@ def resume(check: Check) -> dict:
         code = ("import sys; from study.config.run_config import RunConfig; from study.train.trainer import train; "
                 "train(RunConfig.model_validate_json(sys.argv[1]))")
         child = subprocess.Popen([sys.executable, "-c", code, config.model_dump_json()],
-                                 env={**os.environ, "NFSTUDY_HOME": str(home)})
+                                 env={**os.environ, "NFSTUDY_HOME": str(home),
+                                      "OMP_NUM_THREADS": str(torch.get_num_threads())})  # same reduction order
         deadline = time.monotonic() + 300
         while child.poll() is None and time.monotonic() < deadline and not path.is_file():
             time.sleep(0.02)
@@ -328,7 +329,7 @@ def ab_costs(check: Check) -> dict:
 
     def step(optimizer, benchmark: bool) -> None:
         torch.backends.cudnn.benchmark = benchmark
-        with torch.autocast(check.device.type, dtype=dtype):
+        with torch.autocast(check.device.type, dtype=dtype, enabled=not check.dry_run):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -413,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("error: torch sees no CUDA device (use --dry-run on a CPU)", file=sys.stderr)
         return 2
+    if args.dry_run:  # tiny work: one thread (two on a shared CPU spin at every barrier)
+        torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, args.dry_run)

@@ -143,8 +143,8 @@ def collector(results: list[Result], log: Callable[[str], None]) -> Callable[[Re
 
     def add(result: Result) -> None:
         results.append(result)
-        log(f"  {result.name}: {result.value:.4g} vs {result.baseline:.4g} {result.unit}, "
-            f"ratio {result.ratio:.3f} {result.target}")
+        log(f"  {result.name}: {result.value:.4g} vs {result.baseline:.4g} {result.unit}, ratio {result.ratio:.3f} "
+            f"[{result.low:.3f}–{result.high:.3f}, {result.rounds} rounds] {result.target}")
 
     return add
 

@@ -14,9 +14,11 @@ config, so a run never inherits what an earlier run (or the user's code) left in
 - ``train.deterministic`` asks torch for deterministic algorithms only
   (``torch.use_deterministic_algorithms``; an op without one raises instead of running), and
   sets ``CUBLAS_WORKSPACE_CONFIG`` as cuBLAS requires. Limits: it makes a run repeat itself
-  bit for bit on the same GPU model, driver, torch build and process count; it promises
-  nothing across GPU models or torch versions, and a compiled run may still differ between
-  processes when Inductor's autotuning picks other kernels.
+  bit for bit on the same GPU model, driver, torch build, process count and (for work on
+  the CPU) intra-op thread count; it promises nothing across GPU models or torch versions,
+  and a compiled run may still differ between processes when Inductor's autotuning picks
+  other kernels. A CPU run repeats itself bit for bit without it (same thread count: a
+  checkpoint written with 2 threads and resumed with 1 ends 1 ulp away).
 
 :func:`compiled` resets Dynamo before compiling a run whose config differs from the last
 compiled one: a worker that trains many configs would otherwise pile up cache entries and,
