@@ -155,10 +155,11 @@ def _syncs_of(check: Check, config) -> dict:
     def catch(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" not in str(message):
             return show(message, category, filename, lineno, file, line)
-        frames = [f for f in traceback.extract_stack()[:-1] if "/study/" in f.filename]
+        ours = str(REPO / "study") + os.sep
+        frames = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(ours)]
         top = frames[-1] if frames else traceback.extract_stack()[-2]
-        where[f"{Path(top.filename).relative_to(REPO) if '/study/' in top.filename else top.filename}:"
-              f"{top.lineno} {top.line}"] += 1
+        name = Path(top.filename).relative_to(REPO) if top.filename.startswith(ours) else top.filename
+        where[f"{name}:{top.lineno} {top.line}"] += 1
 
     if not check.dry_run:
         torch.cuda.synchronize()
@@ -280,9 +281,11 @@ def resume(check: Check) -> dict:
             with _home():
                 one = make_config({**config.flat(), "train.device": first, "train.precision": "fp16"})
                 with contextlib.suppress(_Stop):
-                    train(one, on_epoch=_stop_after_first)
-                result = train(make_config({**one.flat(), "train.device": second}))
+                    train(one, on_epoch=_stop_at_second_epoch)  # epoch 0's checkpoint is written
+                epochs = _Epochs()
+                result = train(make_config({**one.flat(), "train.device": second}), tracker=epochs)
                 out[f"{first}_to_{second}"] = {"outcome": result["outcome"], "steps": result["steps"],
+                                               "epochs_logged_after_resume": epochs.logged,
                                                "val/top1": result["val/top1"]}
     return out
 
@@ -291,8 +294,19 @@ class _Stop(Exception):
     pass
 
 
-def _stop_after_first(epoch: int, metrics: dict) -> None:
-    raise _Stop
+def _stop_at_second_epoch(epoch: int, metrics: dict) -> None:
+    if epoch == 1:
+        raise _Stop
+
+
+class _Epochs:
+    """A tracker that keeps the epochs it is given (a resumed run logs from its first new one)."""
+
+    def __init__(self):
+        self.logged: list[int] = []
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.logged.append(step)
 
 
 @contextlib.contextmanager

@@ -383,7 +383,7 @@ def bench(
         ok = {True: "yes", False: "NO", None: ""}[r["ok"]] + ("" if r["resolved"] in (True, None) else " (unresolved)")
         table.add_row(r["name"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3f}",
                       f"{r['low']:.3f}–{r['high']:.3f}", str(r["rounds"]), r["target"], ok)
-    Console(width=max(console.width, 110)).print(table)  # logs and pipes get the whole table
+    Console(width=max(console.width, 150)).print(table)  # logs and pipes get the whole table
     for r in out["results"]:
         if r["note"]:
             console.print(f"  {r['name']}: {r['note']}", markup=False, highlight=False)
