@@ -1,8 +1,8 @@
 """MLflow → tidy pandas: one row per child run of a study.
 
-The layout read here is the one ``study.record.tracking`` writes (DESIGN.md, "Tracking"): one
-experiment per study, named after it; one parent run (tag ``nfstudy.role=parent``); one
-child run per RunConfig (tag ``nfstudy.role=child``) whose params are the flattened
+The layout read here is the one ``study.record.tracking`` writes (the README, "Where results
+live"): one experiment per study, named after it; one parent run (tag ``nfstudy.role=parent``);
+one child run per RunConfig (tag ``nfstudy.role=child``) whose params are the flattened
 RunConfig under dotted keys and whose metrics are logged per epoch (``step`` = epoch).
 
 Only FINISHED child runs whose outcome is ``completed`` or ``diverged`` are results
@@ -20,15 +20,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.errors import TrackingError
+from study.record.tags import ARM, HASH, OUTCOME, RESULT_OUTCOMES, ROLE, STUDY
 
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "end_time",
     "study", "arm", "config_hash", "outcome",
 ]
 HISTORY_COLUMNS = ["run_id", "arm", "seed", "key", "step", "value"]
-RESULT_OUTCOMES = ("completed", "diverged")
-
-_ROLE_TAG = "nfstudy.role"
 _PAGE_SIZE = 1000
 # MLflow params are strings; str() of these Python values is not JSON.
 _LITERALS = {"None": None, "True": True, "False": False}
@@ -79,7 +77,7 @@ def _search_all(client: MlflowClient, experiment_id: str, role: str) -> list:
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{_ROLE_TAG}` = '{role}'",
+            filter_string=f"tags.`{ROLE}` = '{role}'",
             max_results=_PAGE_SIZE,
             order_by=["attributes.start_time ASC"],
             page_token=token,
@@ -88,6 +86,13 @@ def _search_all(client: MlflowClient, experiment_id: str, role: str) -> list:
         token = page.token
         if not token:
             return runs
+
+
+def _child_runs(study: str, tracking_uri: str | None) -> tuple[MlflowClient, list] | None:
+    """The client and every child run of the study, or None when it has no experiment yet."""
+    client = _client(tracking_uri)
+    experiment_id = _experiment_id(client, study)
+    return None if experiment_id is None else (client, _search_all(client, experiment_id, "child"))
 
 
 def _timestamp(millis: int | None):
@@ -118,12 +123,11 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
     Raises:
         TrackingError: the tracking store cannot be read.
     """
-    client = _client(tracking_uri)
-    experiment_id = _experiment_id(client, study)
-    if experiment_id is None:
+    found = _child_runs(study, tracking_uri)
+    if found is None:
         return pd.DataFrame(columns=RUN_COLUMNS)
     info, params, metrics = [], [], []
-    for run in _search_all(client, experiment_id, "child"):
+    for run in found[1]:
         tags = run.data.tags
         info.append({
             "run_id": run.info.run_id,
@@ -131,10 +135,10 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
             "status": run.info.status,
             "start_time": _timestamp(run.info.start_time),
             "end_time": _timestamp(run.info.end_time),
-            "study": tags.get("nfstudy.study", study),
-            "arm": tags.get("nfstudy.arm", ""),
-            "config_hash": tags.get("nfstudy.config_hash"),
-            "outcome": tags.get("nfstudy.outcome"),
+            "study": tags.get(STUDY, study),
+            "arm": tags.get(ARM, ""),
+            "config_hash": tags.get(HASH),
+            "outcome": tags.get(OUTCOME),
         })
         params.append({key: parse_param(value) for key, value in run.data.params.items()})
         metrics.append(run.data.metrics)
@@ -195,14 +199,13 @@ def load_history(study: str, tracking_uri: str | None = None, *, keys=None) -> p
     Raises:
         TrackingError: the tracking store cannot be read.
     """
-    client = _client(tracking_uri)
-    experiment_id = _experiment_id(client, study)
-    if experiment_id is None:
+    found = _child_runs(study, tracking_uri)
+    if found is None:
         return pd.DataFrame(columns=HISTORY_COLUMNS)
-    rows = []
-    for run in _search_all(client, experiment_id, "child"):
+    client, rows = found[0], []
+    for run in found[1]:
         seed = parse_param(run.data.params.get("seed", "None"))
-        arm = run.data.tags.get("nfstudy.arm", "")
+        arm = run.data.tags.get(ARM, "")
         wanted = run.data.metrics.keys() if keys is None else [k for k in keys if k in run.data.metrics]
         for key in wanted:
             rows.extend(

@@ -87,7 +87,6 @@ def test_cycle_detection_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.xfail(reason="analysis/search_report.py still imports study.run.search", strict=False)
 def test_analysis_reads_records_not_the_framework():
     graph = _graph()
     stray = {f"{module} -> {dep}" for module, deps in graph.items() if module.startswith("analysis")

@@ -314,10 +314,9 @@ def report(
                                           command=f"nfstudy report {spec.name}")
         else:
             _, runs = _plan(study_name, preset, set_)
-            spp = _signal_propagation(spec) if spec.paper == "table6" else None
             command = " ".join(["nfstudy report", spec.name, *([f"--preset {preset}"] if preset else []),
                                 *(f"--set {item}" for item in set_ or [])])
-            written = build_report(spec, uri, out, command=command, spp=spp,
+            written = build_report(spec, uri, out, command=command, inputs=_paper_inputs(spec),
                                    config_hashes={r.config_hash for r in runs},
                                    artifact_path="report" + (f"/{scale}" if scale else ""))
         console.print(f"{spec.name}: {written.get('html', out)}")
@@ -326,27 +325,40 @@ def report(
         console.print(f"index: {index}")
 
 
-def _signal_propagation(spec):
-    """[I]'s signal-propagation statistics at initialisation for the study's models (and the
-    ImageNet-scale NF/BN ResNet-50 twins), on white noise; SkipInit off so the α-scaled
-    growth shows. ``analysis`` never builds models, so the frame is made here."""
+def _paper_inputs(spec) -> dict:
+    """What the study's paper result needs besides its runs (its ``needs`` in
+    ``analysis.reference``), computed here: ``analysis`` never builds models."""
+    from analysis.reference import SignalPropagation, reference
+
+    needs = reference(spec.paper).needs if spec.paper else ()
+    return {need.name: _signal_propagation(spec, need) for need in needs if isinstance(need, SignalPropagation)}
+
+
+def _signal_propagation(spec, need):
+    """The signal-propagation rows ``need`` describes: the study's models and ``need.models``,
+    each on white noise, seed 0, SkipInit off so the α-scaled growth shows."""
     import pandas as pd
     import torch
 
     from study.config.expand import plan
+    from study.config.run_config import ModelConfig
     from study.models import build_model, signal_propagation
 
     configs = [run.config for run in plan(spec)]
     size = configs[0].data.image_size or 16
-    cases = {(c.model.resolved_name, 1, size) for c in configs}
-    cases |= {("nf_resnet50", 3, 64), ("bn_resnet50", 3, 64)}
+    cases: dict[tuple, str | None] = {}  # (registered name, channels, pixels) → model.norm
+    for model in (c.model for c in configs):
+        key = (model.resolved_name, 1, size)
+        cases[key] = cases.get(key) or model.norm
+    for ref in need.models:
+        cases[(ModelConfig(name=ref.name, norm=ref.norm).resolved_name, ref.channels, ref.pixels)] = ref.norm
     frames = []
-    for name, chans, px in sorted(cases):
+    for (name, chans, px), norm in sorted(cases.items(), key=lambda item: item[0]):
         torch.manual_seed(0)
         extra = {} if name.startswith("bn_") else {"skipinit": False}
         model = build_model(name, num_classes=10, in_chans=chans, **extra)
-        frame = signal_propagation(model, torch.randn(64, chans, px, px))
-        frames.append(frame.assign(model=name))
+        frame = signal_propagation(model, torch.randn(need.batch, chans, px, px))
+        frames.append(frame.assign(model=name, norm=norm))
     return pd.concat(frames, ignore_index=True)
 
 
