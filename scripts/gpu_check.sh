@@ -9,6 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d -t nfstudy-gpu-check-XXXXXX)}"
+mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
