@@ -152,3 +152,79 @@ def test_malicious_pickle_is_refused(nfstudy_home):
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint("evil")
     assert not (nfstudy_home / "pwned").exists()
+
+
+def _training_objects(scaler_enabled=False):
+    from study.models import build_model
+    from study.optim.sgd import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model("nf_resnet_small", num_classes=10, in_chans=1)
+    optimizer = build_optimizer(model, 0.1)
+    model(torch.randn(4, 1, 8, 8)).square().mean().backward()
+    optimizer.step()  # momentum buffers to save
+    return {"model": model, "optimizer": optimizer, "ema_module": None, "device": torch.device("cpu"),
+            "scaler": torch.amp.GradScaler("cpu", enabled=scaler_enabled),
+            "generators": {"mixup": torch.Generator().manual_seed(1)}}
+
+
+def _cuda_shaped(state):
+    """What capture_state returns on a GPU, as far as a CPU can build it: 16-byte Philox
+    generator states, a CUDA RNG state, a live fp16 loss scale, the fused optimizer's groups."""
+    groups = [{**g, "foreach": False, "fused": True} for g in state["optimizer"]["param_groups"]]
+    return {**state, "generators": {"mixup": torch.arange(16, dtype=torch.uint8)},
+            "rng_cuda": torch.arange(16, dtype=torch.uint8),
+            "scaler": {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 7},
+            "optimizer": {**state["optimizer"], "param_groups": groups}}
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu():
+    from study.train.checkpoint import capture_state, restore_state_
+
+    saved = _training_objects()
+    state = _cuda_shaped(capture_state(**saved, step=5, epoch=0, metrics={}))
+    draws = []
+    for _ in range(2):
+        fresh = _training_objects()
+        restore_state_(state, **fresh)
+        assert [(g["foreach"], g["fused"]) for g in fresh["optimizer"].param_groups] == [(True, False)] * 2
+        for p, q in zip(saved["model"].parameters(), fresh["model"].parameters()):
+            assert torch.equal(saved["optimizer"].state[p]["momentum_buffer"],
+                               fresh["optimizer"].state[q]["momentum_buffer"])
+        draws.append(torch.rand(4, generator=fresh["generators"]["mixup"]))
+    assert torch.equal(draws[0], draws[1])  # seeded from the saved state: reproducible
+    assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(1)))  # not restarted
+
+
+def test_an_empty_scaler_state_from_a_cpu_leaves_an_enabled_scaler_at_its_start():
+    """fp16 on a CPU saves a disabled scaler's empty state; resumed where the scaler is live
+    (CUDA; the CPU GradScaler stands in for it here), the scale starts again."""
+    from study.train.checkpoint import capture_state, restore_state_
+
+    state = capture_state(**_training_objects(), step=5, epoch=0, metrics={})
+    assert state["scaler"] == {}
+    live = _training_objects(scaler_enabled=True)
+    restore_state_(state, **live)
+    assert live["scaler"].get_scale() == 65536.0
+
+
+@pytest.mark.cuda
+def test_a_real_cuda_checkpoint_resumes_on_the_cpu_and_back():
+    from study.train.checkpoint import capture_state, restore_state_
+
+    cuda = _training_objects()
+    cuda["model"].cuda()
+    from study.optim.sgd import build_optimizer
+
+    cuda["optimizer"] = build_optimizer(cuda["model"], 0.1)  # fused
+    cuda.update(device=torch.device("cuda"), scaler=torch.amp.GradScaler("cuda"),
+                generators={"mixup": torch.Generator(device="cuda").manual_seed(1)})
+    state = capture_state(**cuda, step=5, epoch=0, metrics={})
+    assert state["generators"]["mixup"].numel() != torch.Generator().get_state().numel()
+    cpu = _training_objects()
+    restore_state_(state, **cpu)
+    assert not cpu["optimizer"].param_groups[0]["fused"]
+    back = capture_state(**cpu, step=5, epoch=0, metrics={})
+    restore_state_(back, **cuda)  # a CPU checkpoint resumed on CUDA: generator, scaler, RNG
+    assert cuda["optimizer"].param_groups[0]["fused"] and cuda["scaler"].get_scale() == 65536.0

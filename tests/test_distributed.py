@@ -55,7 +55,8 @@ def one_step(out: Path) -> None:
     mean_loss = here.mean(loss.detach())
     if here.rank == 0:
         torch.save({"loss": mean_loss, "raw": raw, "clipped": {n: p.grad for n, p in model.named_parameters()},
-                    "world": here.size}, out)
+                    "world": here.size, "ddp": isinstance(replicated, torch.nn.parallel.DistributedDataParallel)},
+                   out)
 
 
 def test_world_shards_contiguous_slices_of_the_global_batch():
@@ -98,6 +99,20 @@ def test_one_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(ddp["clipped"][name], grad, rtol=1e-5, atol=1e-5 * scale)
         clipped += not torch.allclose(single["raw"][name], grad)
     assert clipped > len(single["clipped"]) // 2, f"AGC clipped only {clipped} tensors: a weak test"
+
+
+@pytest.mark.slow
+def test_one_rank_under_torchrun_runs_the_whole_ddp_path(tmp_path):
+    """A one-GPU machine checks DDP (the reducer, the collectives) with one rank: it is
+    wrapped like many, and equals the plain process."""
+    _torchrun(1, __file__, str(tmp_path / "ddp.pt"))
+    one_step(tmp_path / "single.pt")
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    assert ddp["ddp"] and ddp["world"] == 1 and not single["ddp"]
+    torch.testing.assert_close(ddp["loss"], single["loss"], rtol=1e-6, atol=1e-7)
+    for name, grad in single["clipped"].items():
+        torch.testing.assert_close(ddp["clipped"][name], grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow

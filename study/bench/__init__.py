@@ -5,8 +5,9 @@ docs/BENCHMARKS.md; ``harness`` holds the measuring tools, ``cpu`` and ``gpu`` t
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -17,10 +18,14 @@ from study.bench.gpu import cifar_figures, gpu_figures
 from study.bench.harness import Settings, host_info
 from study.errors import ConfigError
 
+#: Groups of figures ``--only`` selects.
+GROUPS = ("framework", "gpu", "cifar")
+
 
 def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool = False,
               log: Callable[[str], None] = lambda _: None, threads: int | None = None,
-              compile: bool = False, cifar_root: str | None = None) -> dict[str, Any]:
+              compile: bool = False, cifar_root: str | None = None,
+              only: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure every figure; the result is what ``nfstudy bench --json`` prints.
 
     Args:
@@ -37,14 +42,18 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         compile: also measure ``train.compile`` on the training figures' model.
         cifar_root: a local CIFAR-10 copy for ``cifar10_seconds_to_94`` (CUDA only; default:
             the ``cifar10`` preset's ``data.root``).
+        only: groups of :data:`GROUPS` to measure (default: all that the device has; ``gpu``
+            and ``cifar`` need CUDA).
 
     Returns:
         ``{"device", "host", "quick", "results": [{"name", "value", "baseline", "ratio",
-        "unit", "better", "target", "ok", "note"}]}``; ``host`` has the date, versions,
-        threads and load at the start, and ``wall_s``, the bench's own wall time.
+        "unit", "better", "target", "ok", "note", "low", "high", "coverage", "rounds",
+        "resolved"}]}``; ``host`` has the date, versions, GPU, threads and load at the start,
+        the load at the end (``load_average_end``), and ``wall_s``, the bench's own wall time.
 
     Raises:
-        ConfigError: an unknown device, CUDA asked for without a GPU, or an unknown model.
+        ConfigError: an unknown device, CUDA asked for without a GPU, an unknown model, or
+            an unknown group in ``only`` (or a GPU group on a CPU).
     """
     from study.models import list_models
 
@@ -56,6 +65,13 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         raise ConfigError(f"bench --model: got {model!r}; allowed: {', '.join(list_models())}")
     if threads is not None and threads < 1:
         raise ConfigError(f"bench --threads: got {threads}; allowed: an integer >= 1")
+    groups = list(GROUPS if only is None else dict.fromkeys(only))
+    if only is None and device == "cpu":
+        groups = ["framework"]
+    for group in groups:
+        if group not in GROUPS or (group != "framework" and device == "cpu"):
+            raise ConfigError(f"bench --only: got {group!r}; allowed: {', '.join(GROUPS)} "
+                              "(gpu and cifar with --device cuda)")
     if threads is None and device == "cpu":
         threads = 1
     settings = Settings(torch.device(device), model, quick, compile and not quick)
@@ -63,11 +79,13 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
     torch.set_num_threads(threads or before)
     try:
         host, start = host_info(settings.device), time.perf_counter()
-        results = cpu_figures(settings, log)
-        if settings.device.type == "cuda":
+        results = cpu_figures(settings, log) if "framework" in groups else []
+        if "gpu" in groups:
             results += gpu_figures(settings, log)
+        if "cifar" in groups:
             results += cifar_figures(settings, log, cifar_root)
         host["wall_s"] = round(time.perf_counter() - start, 1)
+        host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     finally:
         torch.set_num_threads(before)
     return {"device": str(settings.device), "host": host, "quick": quick,

@@ -14,15 +14,22 @@ import torch.nn.functional as F
 from study.bench.harness import (
     FRAMEWORK_COST_TARGET_S,
     Result,
+    Rounds,
     Settings,
+    calls_for,
     clock,
     collector,
+    column,
     interleaved,
     judge,
     paired,
+    spread_ok,
     sync_device,
     timed,
 )
+
+#: Seconds one AGC measurement lasts (many calls of a sub-millisecond clip).
+AGC_MEASURE_S = 0.2
 
 # --------------------------------------------------------------------------- configurations
 
@@ -134,11 +141,13 @@ def _timm_unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     return x.norm(2.0, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def agc_vs_loop(model_name: str, settings: Settings, **build: Any) -> dict[str, float]:
+def agc_vs_loop(model_name: str, settings: Settings, **build: Any) -> dict[str, Any]:
     """Seconds per clip of :class:`AGC` (``ours``) and of :func:`loop_agc_` (``loop``) on
     ``model_name``'s parameters with fixed random gradients (each model its own copy of the
-    same weights); ``floor``: one read of every weight and gradient (a norm of each, packed
-    into one buffer beforehand), the least memory traffic any exact AGC needs; ``tensors``."""
+    same weights), each round's measurement lasting about :data:`AGC_MEASURE_S`; ``floor``:
+    one read of every weight and gradient (a norm of each, packed into one buffer
+    beforehand), the least memory traffic any exact AGC needs. Lists, one value per round;
+    ``tensors``: how many were clipped."""
     from study.models import build_model
     from study.optim.agc import AGC, agc_parameters
 
@@ -153,16 +162,18 @@ def agc_vs_loop(model_name: str, settings: Settings, **build: Any) -> dict[str, 
     agc = AGC(ours_params, clipping=0.01)
     packed = [torch.cat([p.detach().reshape(-1) for p in ours_params]),
               torch.cat([p.grad.reshape(-1) for p in ours_params])]
-    calls = 1 if settings.quick else max(1, int(2e7 // packed[0].numel()))
-    measures = {"ours": timed(agc.clip_, settings.device, calls),
-                "loop": timed(lambda: loop_agc_(their_params, 0.01), settings.device, calls),
-                "floor": timed(lambda: torch._foreach_norm(packed), settings.device, calls)}
-    if settings.warmup:
-        for measure in measures.values():
-            measure()
-    medians = interleaved({name: (lambda m=m: {"s": m()}) for name, m in measures.items()},
-                          settings.repeats + (0 if settings.quick else 2))
-    return {**{name: v["s"] for name, v in medians.items()}, "tensors": len(ours_params)}
+    calls = {"ours": agc.clip_, "loop": lambda: loop_agc_(their_params, 0.01),
+             "floor": lambda: torch._foreach_norm(packed)}
+    measures = {name: timed(fn, settings.device, 1 if settings.quick else calls_for(fn, settings.device, AGC_MEASURE_S))
+                for name, fn in calls.items()}
+
+    def settled(rounds: Rounds) -> bool:
+        name = "agc_vectorised_vs_loop" if model_name == settings.model else ""
+        return spread_ok(column(rounds, "ours", "s"), column(rounds, "loop", "s"), name)
+
+    rounds = interleaved({name: (lambda m=m: {"s": m()}) for name, m in measures.items()}, settings.repeats,
+                         settled=settled, max_repeats=settings.max_repeats)
+    return {**{name: column(rounds, name, "s") for name in measures}, "tensors": len(ours_params)}
 
 
 # --------------------------------------------------------------------------- tracking
@@ -245,7 +256,8 @@ def bare_first_step(config) -> Callable[[], float]:
 # --------------------------------------------------------------------------- CPU figures
 
 def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
-    """The figures every device gets (the small net, or ``--model``)."""
+    """The framework's figures, on every device (the small net, or ``--model``). Without
+    MLflow installed (a bare GPU machine), the two tracking figures are left out."""
     results: list[Result] = []
     add = collector(results, log)
     models = [(settings.model, {"num_classes": 10, "in_chans": 1})]
@@ -255,12 +267,12 @@ def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
         name = "agc_vectorised_vs_loop" + ("" if model == settings.model else f"/{model}")
         log(name)
         agc = agc_vs_loop(model, settings, **build)
-        add(judge(name, agc["ours"] * 1e3, agc["loop"] * 1e3, "ms/clip",
-                    note=f"{model}, {agc['tensors']} tensors"))
+        ms = {key: [v * 1e3 for v in agc[key]] for key in ("ours", "loop", "floor")}
+        add(judge(name, ms["ours"], ms["loop"], "ms/clip", note=f"{model}, {agc['tensors']} tensors"))
         if model == "nfnet_f0":
-            add(judge("agc_read_floor/nfnet_f0", agc["floor"] * 1e3, agc["loop"] * 1e3, "ms/clip",
-                        note="one read of W and G: the least any exact AGC can cost; "
-                             "its ratio bounds agc_vectorised_vs_loop/nfnet_f0 from below"))
+            add(judge("agc_read_floor/nfnet_f0", ms["floor"], ms["loop"], "ms/clip",
+                      note="one read of W and G: the least any exact AGC can cost; "
+                           "its ratio bounds agc_vectorised_vs_loop/nfnet_f0 from below"))
 
     base = bench_config(settings)
     variants = {"agc_step_overhead": {"agc.clipping": 0.01},
@@ -268,28 +280,37 @@ def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
                 "sam_full": {"sam.mode": "full"}}
     if not settings.quick:
         variants["channels_last"] = {"train.channels_last": True}
-    with temporary_tracking() as tracking:
-        experiment_id, parent_id = tracking.ensure_study("bench", "nfstudy bench")
+    try:
+        import mlflow  # noqa: F401 - the tracking figures' store
+        tracked = True
+    except ImportError:
+        tracked = False
+    if not tracked:
+        log("mlflow not installed: no tracking_overhead, no framework_cost_per_run")
+    with temporary_tracking() if tracked else contextlib.nullcontext() as tracking:
         measures = {"trainer": trainer_run(base), "bare": lambda m=bare_step(base): {"step": m()},
-                    **{name: trainer_run(bench_config(settings, **o)) for name, o in variants.items()},
-                    "tracked": tracked_run(base, tracking, experiment_id, parent_id)}
-        log(f"training runs: {', '.join(measures)} ({settings.repeats} rounds, round-robin)")
+                    **{name: trainer_run(bench_config(settings, **o)) for name, o in variants.items()}}
+        if tracked:
+            experiment_id, parent_id = tracking.ensure_study("bench", "nfstudy bench")
+            measures["tracked"] = tracked_run(base, tracking, experiment_id, parent_id)
+        log(f"training runs: {', '.join(measures)} ({settings.repeats} to {settings.max_repeats} rounds, "
+            "round-robin, until every spread is under its tolerance)")
         measures["trainer"]()  # warm-up: the process's first run loads the data set
-        runs = interleaved(measures, settings.repeats)
-        step = {name: v.get("step", 0.0) * 1e3 for name, v in runs.items()}
+        runs = interleaved(measures, settings.repeats, settled=lambda r: _steps_settled(r, variants, tracked),
+                           max_repeats=settings.max_repeats)
+        step = {name: [v.get("step", 0.0) * 1e3 for v in values] for name, values in runs.items()}
         add(judge("trainer_overhead", step["trainer"], step["bare"], "ms/step"))
         for name in variants:
             add(judge(name, step[name], step["trainer"], "ms/step",
-                        note="NHWC vs NCHW; an option, not a target" if name == "channels_last" else ""))
-        add(judge("tracking_overhead", runs["tracked"]["run"], runs["trainer"]["run"], "s/run",
-                    note=f"whole run of {base.train.steps} steps, metrics every epoch"))
-
-        log("framework_cost_per_run")
-        value, baseline = paired(framework_run(settings, tracking), bare_first_step(base),
-                                 settings.repeats, warmup=settings.warmup)
-        add(judge("framework_cost_per_run", value, baseline, "s", on="value",
-                    target=FRAMEWORK_COST_TARGET_S,
-                    note="spec → FINISHED MLflow run of one step, warm process"))
+                      note="NHWC vs NCHW; an option, not a target" if name == "channels_last" else ""))
+        if tracked:
+            add(judge("tracking_overhead", column(runs, "tracked", "run"), column(runs, "trainer", "run"), "s/run",
+                      note=f"whole run of {base.train.steps} steps, metrics every epoch"))
+            log("framework_cost_per_run")
+            value, baseline = paired(framework_run(settings, tracking), bare_first_step(base),
+                                     settings.repeats, warmup=settings.warmup)
+            add(judge("framework_cost_per_run", value, baseline, "s", on="value",
+                      target=FRAMEWORK_COST_TARGET_S, note="spec → FINISHED MLflow run of one step, warm process"))
 
     if settings.compile:
         log("compile")
@@ -297,10 +318,16 @@ def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
         start = time.perf_counter()
         trainer_step(compiled)()  # compiles (the cache makes the timed calls below warm)
         compile_s = time.perf_counter() - start
-        value, baseline = paired(trainer_step(compiled), trainer_step(base), settings.repeats,
-                                 warmup=False)
-        add(judge("compile", value * 1e3, baseline * 1e3, "ms/step",
-                    note=f"torch.compile vs eager; first run {compile_s:.0f} s incl. compilation"))
+        value, baseline = paired(trainer_step(compiled), trainer_step(base), settings.repeats, warmup=False)
+        add(judge("compile", [v * 1e3 for v in value], [v * 1e3 for v in baseline], "ms/step",
+                  note=f"torch.compile vs eager; first run {compile_s:.0f} s incl. compilation"))
     return results
 
 
+def _steps_settled(rounds: Rounds, variants: dict[str, Any], tracked: bool) -> bool:
+    """Whether every judged training figure's spread is under its tolerance."""
+    pairs = [("trainer_overhead", "trainer", "bare", "step")]
+    pairs += [(name, name, "trainer", "step") for name in variants]
+    if tracked:
+        pairs.append(("tracking_overhead", "tracked", "trainer", "run"))
+    return all(spread_ok(column(rounds, a, key), column(rounds, b, key), name) for name, a, b, key in pairs)

@@ -187,12 +187,14 @@ def run(
     from study.record.study_parent import record_study
     from study.record.tracking import Tracking
     from study.run.coordinator import execute
+    from study.run.placement import check_placement, visible_gpus
     from study.run.run_cache import Stale, open_tracking, survey
 
     if reuse_stale and rerun_stale:
         raise ConfigError("--reuse-stale and --rerun-stale exclude each other: keep stale runs, or train them again")
     policy = Stale.REUSE if reuse_stale else Stale.RERUN if rerun_stale else Stale.STOP
     spec, runs = _plan(name, preset, set_)
+    check_placement(workers, nproc_per_node, {r.config.train.device for r in runs}, visible_gpus())
     _preflight(runs, tracking_uri, storage)
     found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs, policy)
     if dry_run:
@@ -549,6 +551,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: 1 on cpu, torch's on cuda)."),
     compile_: bool = typer.Option(False, "--compile", help="Also measure train.compile (a minute of compilation on a CPU)."),
     cifar_root: Optional[str] = typer.Option(None, help="Local CIFAR-10 copy for the time-to-94% figure (cuda; default: the cifar10 preset's data.root)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Measure only these groups: framework, gpu, cifar (repeatable; gpu and cifar need --device cuda)."),
 ) -> None:
     """What the framework costs: each figure a ratio against a baseline measured in this run."""
     import json
@@ -558,19 +561,21 @@ def bench(
     def log(line: str) -> None:  # progress on stderr, so --json keeps stdout one object
         err_console.print(line if line.startswith(" ") else f"measuring {line}")
 
-    out = run_bench(device, model, quick, log, threads, compile_, cifar_root)
+    out = run_bench(device, model, quick, log, threads, compile_, cifar_root, only)
     if json_:
         print(json.dumps(out))
         return
     host = out["host"]
     table = Table(*(Column(h, no_wrap=True, justify="left" if h in ("figure", "unit", "target") else "right")
-                    for h in ("figure", "value", "baseline", "unit", "ratio", "target", "ok")),
+                    for h in ("figure", "value", "baseline", "unit", "ratio", "spread", "rounds", "target", "ok")),
                   title=f"nfstudy bench on {out['device']} (torch {host['torch']}, {host['threads']} threads, "
-                        f"load {host['load_average']}, {host['date']}, {host['wall_s']:.0f} s)")
+                        f"load {host['load_average']} → {host['load_average_end']}, {host['date']}, "
+                        f"{host['wall_s']:.0f} s; spread: ≥ 90% interval of the median ratio)")
     for r in out["results"]:
+        ok = {True: "yes", False: "NO", None: ""}[r["ok"]] + ("" if r["resolved"] in (True, None) else " (unresolved)")
         table.add_row(r["name"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3f}",
-                      r["target"], {True: "yes", False: "NO", None: ""}[r["ok"]])
-    console.print(table, width=max(console.width, 110))  # logs and pipes get the whole table
+                      f"{r['low']:.3f}–{r['high']:.3f}", str(r["rounds"]), r["target"], ok)
+    console.print(table, width=max(console.width, 150))  # logs and pipes get the whole table
     for r in out["results"]:
         if r["note"]:
             console.print(f"  {r['name']}: {r['note']}")

@@ -44,6 +44,8 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.train_crop": "torchvision",
     "data.interpolation": "bilinear",
     "data.eval_resize": "shorter_side",
+    "train.tf32": "convolutions",
+    "train.deterministic": False,
 }
 #: Keys only ImageFolder reads, with their defaults: set otherwise on another data set they
 #: would change nothing, so the config is refused.
@@ -195,6 +197,12 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     checkpoint_every: int | None = Field(None, ge=1)
     """Save a checkpoint every N epochs so a crashed run resumes from it."""
+    tf32: Literal["convolutions", "all", "off"] = "convolutions"
+    """Where fp32 work may use TF32 tensor cores on a GPU (Ampere+): ``convolutions``
+    (PyTorch's default), ``all`` (matrix products too) or ``off`` (true fp32)."""
+    deterministic: bool = False
+    """Deterministic algorithms only (and no cuDNN autotuning): bit-exact repeats and resumes
+    on one GPU model and torch build; slower, and an op without one raises."""
 
     @field_validator("device")
     @classmethod

@@ -37,11 +37,6 @@ class DataBundle:
     num_train: int
 
 
-def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images.float().div_(255.0)
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
-
-
 def _split_off_val(images, labels, num_val: int, seed: int = 0):
     """A fixed validation split carved from the training set (independent of the run seed)."""
     if not 0 < num_val < len(labels):
@@ -71,7 +66,7 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
     Raises:
         DataError: the data set's directory is missing or incomplete, or a split is empty.
     """
-    from study.data.gpu_loader import DeviceLoader
+    from study.data.gpu_loader import DeviceLoader, channel_stats
 
     if cfg.name == "imagefolder":
         return _imagefolder(cfg, batch_size, device, seed, channels_last, model_name, rank, world_size)
@@ -100,7 +95,7 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
         raise DataError(f"unknown data set '{cfg.name}'")
 
     train_x, train_y = splits["train"]
-    mean, std = _stats(train_x)
+    mean, std = channel_stats(train_x)
     size = cfg.image_size or default_size
     common = dict(image_size=size, mean=mean, std=std, channels_last=channels_last)
     mixing = Mixing(num_classes, cfg.mixup_alpha, cfg.mixup_pairing) if cfg.mixup else None

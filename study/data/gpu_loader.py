@@ -208,6 +208,22 @@ class DeviceLoader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation (unbiased, as ``Tensor.std``) of ``(N, C, H, W)``
+    uint8 images, in 0..1 units, from a 256-bin histogram per channel: exact sums in float64,
+    and no float copy of the data set (CIFAR-10 on a GPU: 553 MB of float32 avoided)."""
+    means, stds = [], []
+    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255.0
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean) ** 2).sum() / (n - 1)
+        means.append(mean)
+        stds.append(var.sqrt())
+    return tuple(torch.stack(means).tolist()), tuple(torch.stack(stds).tolist())  # one sync
+
+
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     """Reflect out-of-range indices into 0..size-1 without repeating the edge (numpy/torch
     ``"reflect"`` padding); valid for shifts smaller than ``size``."""

@@ -111,7 +111,10 @@ def build_optimizer(model: nn.Module, lr: float, *, momentum: float = 0.9,
         weight_decay: L2 coefficient on weights (not on gains, biases, norm layers).
 
     Returns:
-        A ``torch.optim.SGD`` using the multi-tensor (``foreach``) implementation.
+        A ``torch.optim.SGD``: the fused implementation when every parameter is on a CUDA
+        device (one kernel per step, and under fp16 ``GradScaler.step`` hands it the
+        inf/NaN flag as a tensor instead of reading it on the host: no sync per step), else
+        the multi-tensor (``foreach``) one.
 
     Raises:
         ConfigError: a negative ``lr``, ``momentum`` outside [0, 1), Nesterov without momentum,
@@ -124,5 +127,6 @@ def build_optimizer(model: nn.Module, lr: float, *, momentum: float = 0.9,
     if nesterov and momentum == 0:
         raise ConfigError("optim.nesterov: got true with optim.momentum 0; allowed: nesterov "
                           "only with momentum > 0")
+    fused = all(p.is_cuda for p in model.parameters())
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov, foreach=True)
+                           nesterov=nesterov, foreach=not fused, fused=fused)

@@ -9,8 +9,8 @@ README "Many workers and machines". MLflow is the source of truth for what is do
    config not FINISHED in MLflow: failed and interrupted configs are queued again. It is
    idempotent, and safe with several coordinators at once (:meth:`RunQueue.enqueue`).
 2. :func:`execute` trains the queue with ``workers`` local workers: in this process for
-   one, else ``python -m study worker`` subprocesses, one GPU each (round robin over the
-   visible GPUs), or an equal share of the CPU cores each. A worker that dies (``kill -9``,
+   one, else ``python -m study worker`` subprocesses, each with its own GPUs
+   (:mod:`study.run.placement`), or an equal share of the CPU cores each. A worker that dies (``kill -9``,
    out of memory) has its run recovered and is started again. Workers on other machines
    (``nfstudy worker``) may pull from the same queue meanwhile.
 3. Ctrl-C stops every local worker cleanly: each closes its run KILLED and puts its config
@@ -36,6 +36,7 @@ from study.config.code_fingerprint import code_fingerprint
 from study.config.expand import PlannedRun
 from study.config.study_file import StudySpec
 from study.record.tracking import Tracking
+from study.run.placement import check_placement, visible_gpus, worker_env
 from study.run.queue import Job, RunQueue
 from study.run.run_cache import Stale, Survey, supersede, survey
 from study.run.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
@@ -111,27 +112,6 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
     enqueued, cancelled = queue.enqueue(jobs_for(spec, todo, experiment_id, parent_id), cancel_others=True)
     return Prepared(experiment_id, parent_id, done & {run.config_hash for run in runs},
                     adopted, recovered, enqueued, cancelled, found)
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs workers may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def worker_env(index: int, workers: int, gpus: list[str], nproc_per_node: int = 1) -> dict[str, str]:
-    """Environment of local worker ``index`` of ``workers``: ``nproc_per_node`` GPUs (round
-    robin) when there are GPUs, and an equal share of the CPU cores for its intra-op threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(max(1, cores // (workers * nproc_per_node)))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-    if gpus:
-        first = index * nproc_per_node
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(first + i) % len(gpus)] for i in range(nproc_per_node))
-    return env
 
 
 def worker_process(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking,
@@ -225,6 +205,7 @@ def execute(
         from study.errors import ConfigError
 
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    check_placement(workers, nproc_per_node, {run.config.train.device for run in runs}, visible_gpus())
     queue = RunQueue(spec.name, storage, create=True)
     prepared = prepare(spec, runs, tracking, queue, stale)
     if on_prepared:

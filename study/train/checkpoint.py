@@ -12,10 +12,20 @@ the random generators (torch CPU, the run's CUDA device, Python's ``random``, an
 generators such as the MixUp one), and the metrics of the last finished epoch. The data order
 is not saved: the loaders replay any epoch from ``(seed, epoch)`` (``set_epoch``). SAM keeps
 no state between steps.
+
+A checkpoint resumes on the other device kind too (written on a GPU, resumed on a CPU, or
+the reverse; the key leaves ``train.device`` out): the weights, momentum and EMA move to the
+new device, and the optimizer keeps the implementation built for it (fused on CUDA). Random
+streams cannot continue across kinds (a CPU generator is a Mersenne Twister, a CUDA one a
+Philox counter), so a generator saved on the other kind is seeded afresh from a hash of its
+saved state: reproducible, but not the stream the run would have drawn on its first device.
+An fp16 run's loss scale is kept only on CUDA: resumed there from a CPU checkpoint, it starts
+again at its initial value.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -115,17 +125,39 @@ def restore_state_(state: dict[str, Any], *, model: nn.Module, optimizer: torch.
             built the same way as in the run that saved ``state``.
     """
     model.load_state_dict(state["model"])
+    implementation = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    for group, flags in zip(optimizer.param_groups, implementation):
+        group.update(flags)  # the saved groups carry the other device's choice (fused on CUDA)
+    if state["scaler"]:  # empty: saved by a disabled scaler (fp16 on a CPU)
+        scaler.load_state_dict(state["scaler"])
     if ema_module is not None and state["ema"] is not None:
         ema_module.load_state_dict(state["ema"])
     for name, g in generators.items():
-        g.set_state(state["generators"][name])
+        _set_generator_state(g, state["generators"][name])
     torch.set_rng_state(state["rng_cpu"])
-    if device.type == "cuda" and state["rng_cuda"] is not None:
-        torch.cuda.set_rng_state(state["rng_cuda"], device)
+    if device.type == "cuda":
+        if state["rng_cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        else:  # written on a CPU
+            torch.cuda.manual_seed(_seed_of(state["rng_cpu"]))
     version, internal, gauss = state["rng_python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _set_generator_state(generator: torch.Generator, saved: torch.Tensor) -> None:
+    """Restore ``saved`` into ``generator``, or, if it was saved by a generator of the other
+    device kind (another size: 5056 bytes on a CPU, 16 on CUDA), seed it from ``saved``."""
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+    else:
+        generator.manual_seed(_seed_of(saved))
+
+
+def _seed_of(state: torch.Tensor) -> int:
+    """A 63-bit seed drawn from a generator state's bytes."""
+    digest = hashlib.sha256(state.cpu().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass

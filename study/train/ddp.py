@@ -146,15 +146,24 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def init_process_group(device: torch.device) -> None:
+    """This rank's process group: NCCL bound to GPU ``$LOCAL_RANK`` on CUDA (``device_id``
+    lets NCCL set up its communicator at once, for that GPU, instead of guessing it at the
+    first collective), gloo on a CPU."""
+    if device.type != "cuda":
+        dist.init_process_group("gloo")
+        return
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl", device_id=local)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Per-rank entry (``python -m study.train.ddp CONFIG_JSON OUT_DIR`` under torchrun)."""
     config_path, out_dir = argv if argv is not None else sys.argv[1:]
     out = Path(out_dir)
     config = RunConfig.model_validate_json(Path(config_path).read_text())
-    device = resolve_device(config.train.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    init_process_group(resolve_device(config.train.device))
     sink = _JsonlSink(out / METRICS_FILE) if dist.get_rank() == 0 else None
     result = train(config, tracker=sink, on_epoch=sink.on_epoch if sink is not None else None)
     if sink is not None:

@@ -29,6 +29,7 @@ from study.optim.ema import EMA
 from study.optim.sam import SAM
 from study.optim.sgd import build_optimizer, lr_at
 from study.record.tags import COMPLETED, DIVERGED
+from study.train.backends import compiled, configure_backends
 from study.train.checkpoint import Checkpointer
 from study.train.world import world as current_world
 
@@ -134,13 +135,12 @@ def train(
     world.local_batch_size(config.real_batch_size)
     seed_everything(config.seed + world.rank)  # the data order uses config.seed on every rank
     device = world.device(resolve_device(config.train.device))
+    configure_backends(config.train, device)  # cuDNN autotuning, TF32, deterministic algorithms
     data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last,
                       model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
-    # Static shapes: SAM's ascent runs a smaller batch, which gets its own graph instead of
-    # turning the step's graph dynamic.
-    forward = torch.compile(replicated, dynamic=False) if config.train.compile else replicated
+    forward = compiled(replicated, config) if config.train.compile else replicated
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
                                 nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
     agc = (AGC(agc_parameters(model, config.agc.exclude), config.agc.clipping, eps=config.agc.eps,
@@ -152,9 +152,8 @@ def train(
     precision = Precision(config.train.precision, device)
     scaler = precision.scaler
     loss_fn = functools.partial(_loss, label_smoothing=config.train.label_smoothing)
-    checkpoints = Checkpointer(config.config_hash(), config.train.checkpoint_every, world, model=model,
-                               optimizer=optimizer, scaler=scaler, generators={}, device=device,
-                               ema_module=ema.module if ema is not None else None)
+    checkpoints = Checkpointer(config.config_hash(), config.train.checkpoint_every, world, model=model, device=device,
+                               optimizer=optimizer, scaler=scaler, generators={}, ema_module=ema and ema.module)
     progress = checkpoints.resume()
     step, train_loss, epochs_done = progress.step, progress.train_loss, progress.first_epoch
     val = progress.val or {"top1": float("nan"), "loss": float("nan")}
@@ -183,7 +182,7 @@ def train(
                 agc.clip_()
             scaler.step(optimizer)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=agc is None)  # AGC: gradients stay in its flat buffer
             if ema is not None:
                 ema.update_(step)
             loss_sum += loss.detach()

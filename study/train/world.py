@@ -7,6 +7,7 @@ under ``torchrun`` (:mod:`study.train.ddp`) each rank trains its slice of the gl
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,10 +24,12 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    distributed: bool = False
+    """A process group exists (``torchrun``): DDP and collectives, even with one rank."""
 
     def device(self, device: torch.device) -> torch.device:
         """The device of this rank: ``cuda:<local rank>`` under DDP on CUDA, else ``device``."""
-        if self.size > 1 and device.type == "cuda":
+        if self.distributed and device.type == "cuda":
             return torch.device("cuda", self.local_rank)
         return device
 
@@ -48,24 +51,30 @@ class World:
         return batch.tensor_split(self.size)[self.rank]
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in DDP when there are several ranks (rank 0's weights are broadcast)."""
-        if self.size == 1:
+        """``model`` in DDP under ``torchrun`` (rank 0's weights are broadcast); one rank is
+        wrapped too, so a one-GPU machine runs the whole DDP path (reducer, NCCL)."""
+        if not self.distributed:
             return model
+        # DDP copies each gradient into its bucket whatever the gradient's strides, so the
+        # values are right either way; with channels_last weights the strides differ only
+        # nominally (size-1 dims of 1x1 convolutions, pytorch/pytorch#47163) or by the layout
+        # Inductor chose under train.compile, and the warning would fire on every run.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         device = next(model.parameters()).device
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The mean of ``tensor`` over the ranks (``tensor`` itself on one process)."""
-        if self.size == 1:
+        """The mean of ``tensor`` over the ranks (``tensor`` itself outside ``torchrun``)."""
+        if not self.distributed:
             return tensor
         total = tensor.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total / self.size
 
     def agree(self, value: int) -> bool:
-        """Whether every rank holds the same ``value`` (always true on one process)."""
-        if self.size == 1:
+        """Whether every rank holds the same ``value`` (always true outside ``torchrun``)."""
+        if not self.distributed:
             return True
         both = torch.tensor([value, -value], dtype=torch.int64,
                             device="cuda" if dist.get_backend() == "nccl" else "cpu")
@@ -78,4 +87,4 @@ def world() -> World:
     if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(rank=dist.get_rank(), size=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())), distributed=True)

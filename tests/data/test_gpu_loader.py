@@ -172,7 +172,7 @@ def test_wrong_dtype_raises_data_error():
         DeviceLoader(images, labels.int(), 2, train=False)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("pairing", [None, "mirror", "disjoint"])
 def test_no_host_sync_inside_a_cuda_epoch(pairing):
     images, labels = _indexed_images(64, channels=3)
@@ -231,3 +231,23 @@ def test_each_rank_gets_its_rows_of_the_global_batch(mixing):
     for step, (x, y) in enumerate(whole):
         assert torch.equal(torch.cat([rank[step][0] for rank in ranks]), x)
         assert torch.equal(torch.cat([rank[step][1] for rank in ranks]), y)
+
+
+def test_channel_stats_match_the_float_computation_without_a_float_copy():
+    from study.data.gpu_loader import channel_stats
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 7, 5), generator=gen, dtype=torch.uint8)
+    images[:, 1] //= 4  # channels with different statistics
+    mean, std = channel_stats(images)
+    x = images.double() / 255
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), x.mean(dim=(0, 2, 3)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.cuda
+def test_channel_stats_on_cuda_equal_those_on_the_cpu():
+    from study.data.gpu_loader import channel_stats
+
+    images = torch.randint(0, 256, (500, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    assert channel_stats(images.cuda()) == channel_stats(images)

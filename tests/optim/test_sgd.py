@@ -131,3 +131,36 @@ def test_clip_then_decay_then_nesterov_momentum():
             ref[n] = ref[n] - lr * (d + mu * buf[n])
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.detach(), ref[n], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_fp16_steps_on_cuda_never_sync_the_host():
+    """Fused SGD takes GradScaler's inf/NaN flag as a tensor; the foreach one made
+    ``GradScaler.step`` read it on the host every step."""
+    from study.models import build_model
+    from study.optim.agc import AGC, agc_parameters
+    from study.optim.sgd import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model("nf_resnet_small", num_classes=10, in_chans=1).cuda()
+    optimizer = build_optimizer(model, 0.1)
+    assert all(g["fused"] and not g["foreach"] for g in optimizer.param_groups)
+    agc = AGC(agc_parameters(model), 0.01)
+    scaler = torch.amp.GradScaler("cuda")
+    x, y = torch.randn(8, 1, 16, 16, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    for step in range(3):
+        torch.cuda.synchronize()
+        if step:  # the first step allocates the optimizer state
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            agc.clip_()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)
