@@ -16,7 +16,7 @@ from study.cli import main
 from study.errors import ConfigError, TrackingError
 from study.record.tags import QUEUE_TRIAL
 from study.record.tracking import Tracking
-from study.run.queue import Job, RunQueue
+from study.run.queue import EndKind, Job, RunQueue
 from study.run.worker import recover_lost, run_worker
 
 
@@ -83,15 +83,31 @@ def test_an_empty_queue_pops_nothing_and_samples_nothing(nfstudy_home):
 
 def test_enqueue_skips_configs_waiting_or_running_and_requeues_failed_ones(nfstudy_home):
     queue = RunQueue("s", create=True)
-    assert queue.enqueue([job("a"), job("b")]) == (2, 0)
+    assert queue.enqueue([job("a"), job("b")]) == 2
     claim = queue.pop()
-    assert queue.enqueue([job("a"), job("b")]) == (0, 0)
-    queue.fail(claim.trial_id)
-    assert queue.enqueue([job("a"), job("b")]) == (1, 0)
-    # A new plan (e.g. another preset) cancels what the old one left waiting.
-    assert queue.enqueue([job("c")], cancel_others=True) == (1, 2)
-    waiting = queue.trials([TrialState.WAITING])
-    assert [t.user_attrs["config_hash"] for t in waiting] == ["c"]
+    assert queue.enqueue([job("a"), job("b")]) == 0
+    queue.fail(claim.trial_id, EndKind.FAILED, "it raised")
+    assert queue.enqueue([job("a"), job("b")]) == 1
+
+
+def test_two_plans_of_one_study_share_the_queue_without_cancelling_each_other(nfstudy_home):
+    queue = RunQueue("s", create=True)
+    queue.enqueue([job("a"), job("b")], plan="smoke")
+    queue.enqueue([job("b"), job("c")], plan="digits")  # b is queued once, for both plans
+    assert [t.user_attrs["config_hash"] for t in queue.trials()] == ["a", "b", "c"]
+    assert queue.plan_hashes("digits") == {"b", "c"}
+    claims = [queue.pop(queue.plan_hashes("digits")) for _ in range(3)]
+    assert [c.job.config_hash for c in claims if c] == ["b", "c"]  # the other plan's "a" stays WAITING
+    assert [t.user_attrs["config_hash"] for t in queue.trials([TrialState.WAITING])] == ["a"]
+
+
+def test_a_waiting_config_queued_again_for_another_tracking_store_is_replaced(nfstudy_home):
+    queue = RunQueue("s", create=True)
+    queue.enqueue([job("a", experiment_id="1")])
+    assert queue.enqueue([job("a", experiment_id="7")]) == 1
+    old, new = queue.trials()
+    assert old.state == TrialState.FAIL and old.user_attrs["ended"] == "superseded"
+    assert new.state == TrialState.WAITING and new.user_attrs["experiment_id"] == "7"
 
 
 def test_a_worker_needs_an_existing_queue(nfstudy_home):
@@ -121,12 +137,12 @@ def test_a_dead_workers_trial_is_failed_its_run_killed_and_its_config_requeued(n
     proc.join(60)
     (trial,) = queue.trials([TrialState.RUNNING])
     child = tracking.start_child(experiment_id, parent_id, "s", "", "run-a", "a", {},
-                                 tags={QUEUE_TRIAL: f"{queue.name}#{trial._trial_id}"})
+                                 tags={QUEUE_TRIAL: queue.tag(trial._trial_id)})
     assert recover_lost(queue, tracking) == 1
     assert recover_lost(queue, tracking) == 0
     assert MlflowClient(tracking.uri).get_run(child.run_id).info.status == "KILLED"
-    states = [(t.state, t.user_attrs["attempt"]) for t in queue.trials()]
-    assert states == [(TrialState.FAIL, 1), (TrialState.WAITING, 2)]
+    states = [(t.state, t.user_attrs["attempt"], t.user_attrs.get("ended")) for t in queue.trials()]
+    assert states == [(TrialState.FAIL, 1, "lost"), (TrialState.WAITING, 2, None)]
 
 
 def test_a_config_finished_in_mlflow_is_not_trained_again(nfstudy_home):

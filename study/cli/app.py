@@ -122,7 +122,10 @@ def run(
                           on_progress=progress.on_progress, on_event=progress.on_event, on_epoch=progress.on_epoch,
                           nproc_per_node=nproc_per_node)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
-                  f"{len(summary.failed)} failed, {summary.done_before} were already done")
+                  + (f"{len(summary.failed)} not finished (interrupted; the next run resumes)" if summary.interrupted
+                     else f"{len(summary.failed)} failed") + f", {summary.done_before} were already done")
+    if summary.interrupted:
+        raise KeyboardInterrupt
     for line in summary.failed:
         err_console.print(f"failed: {line}", markup=False)
     if summary.failed:
@@ -199,23 +202,34 @@ def worker(
     storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://HOST:5000 "
                                                "(default: $NFSTUDY_HOME/mlflow.db)."),
-    parent_pid: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (a local coordinator) dies."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes on this machine: one GPU each when "
+                                "there are GPUs, else an equal share of the CPU cores; 1 trains in this process."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) per run (torchrun DDP)."),
+    parent_pid: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (a local coordinator) dies."),
+    plan: Optional[str] = typer.Option(None, hidden=True, help="Train only this plan's configs (a local coordinator's)."),
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
     Start `nfstudy run NAME --storage URL --tracking-uri URI` somewhere first: it fills the
-    queue. Exits 0 when nothing is left; Ctrl-C closes the current run KILLED, puts its
-    config back in the queue and exits 130."""
+    queue. Exits 0 when nothing is left; Ctrl-C or SIGTERM closes the current run KILLED,
+    puts its config back in the queue and exits 130."""
     import socket
 
     from study.record.tracking import Tracking
+    from study.run.coordinator import run_local_workers
     from study.run.queue import RunQueue
     from study.run.worker import run_worker
 
     queue = RunQueue(study, storage)
     tracking = Tracking(tracking_uri)
     me = f"worker {socket.gethostname()}:{os.getpid()}"
+    if workers > 1:
+        console.print(f"{me}: {workers} worker processes (logs: $NFSTUDY_HOME/logs/{study}/)", markup=False,
+                      highlight=False)
+        if run_local_workers(queue, tracking, workers, nproc_per_node):
+            raise KeyboardInterrupt
+        console.print(f"{me}: queue empty", markup=False, highlight=False)
+        return
 
     def on_event(event, job, result):
         detail = ""
@@ -223,12 +237,15 @@ def worker(
             detail = f" {result['outcome']} val/top1 {result['val/top1']:.3f}"
         console.print(f"{me}: {event} {job.run_name} [{job.config_hash}]{detail}", markup=False, highlight=False)
 
-    summary = run_worker(queue, tracking, parent_pid=parent_pid, on_event=on_event, nproc_per_node=nproc_per_node)
+    summary = run_worker(queue, tracking, hashes=queue.plan_hashes(plan) if plan else None, parent_pid=parent_pid,
+                         on_event=on_event, nproc_per_node=nproc_per_node)
     queue_ms, check_ms = summary.overhead_ms()
-    console.print(f"{me}: queue empty; {summary.completed} completed, {summary.diverged} diverged, "
-                  f"{len(summary.failed)} failed, {summary.skipped} skipped (done elsewhere), "
-                  f"{summary.recovered} lost runs recovered; per run: queue {queue_ms:.1f} ms, "
+    console.print(f"{me}: {'interrupted' if summary.interrupted else 'queue empty'}; {summary.completed} completed, "
+                  f"{summary.diverged} diverged, {len(summary.failed)} failed, {summary.skipped} skipped (done "
+                  f"elsewhere), {summary.recovered} lost runs recovered; per run: queue {queue_ms:.1f} ms, "
                   f"MLflow checks {check_ms:.1f} ms", markup=False, highlight=False)
+    if summary.interrupted:
+        raise KeyboardInterrupt
 
 
 @app.command()

@@ -22,7 +22,7 @@ COPIED_FROM = "nfstudy.copied_from"
 SPOOL_ID = "nfstudy.spool_id"
 """Id of the spool file a run was uploaded from by ``nfstudy sync``."""
 QUEUE_TRIAL = "nfstudy.queue_trial"
-"""The queue trial that owns a child run: ``<queue name>#<trial id>``."""
+"""The queue trial that owns a child run: ``<queue name>@<queue uid>#<trial id>``."""
 
 # -- MLflow tags of searches --------------------------------------------------------------------
 SEARCH = "nfstudy.search"
@@ -51,3 +51,6 @@ RESULT_OUTCOMES = (COMPLETED, DIVERGED)
 OWNER_ATTR = "nfstudy:owner"
 """System attr of a RUNNING trial: the process that runs it."""
 HEARTBEAT_ATTR = "nfstudy:heartbeat"
+"""System attr of a RUNNING trial on a journal file: the owner's last heartbeat (Unix time)."""
+ENDED_ATTR = "ended"
+"""User attr of a FAIL queue trial: why it ended (``study.run.queue.EndKind``)."""
