@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from study.children import start_group, stop_group
 from study.config.run_config import RunConfig
 from study.errors import ConfigError
 from study.train.trainer import resolve_device, train
@@ -93,7 +93,9 @@ def train_distributed(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "study.train.ddp", str(out / "config.json"), str(out)]
     with open(out / LOG_FILE, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Its own process group, stopped with this process even on a kill -9: a restarted
+        # worker must never find the last run's ranks still training on its GPUs.
+        proc = start_group(cmd, stdout=log, stderr=subprocess.STDOUT)
     offset = 0
     try:
         while True:
@@ -103,7 +105,7 @@ def train_distributed(
                 break
             time.sleep(_POLL_S)
     except BaseException:
-        _stop(proc)
+        stop_group(proc)
         shutil.rmtree(out, ignore_errors=True)
         raise
     if proc.returncode != 0 or not (out / RESULT_FILE).is_file():
@@ -130,20 +132,6 @@ def _forward_lines(path: Path, offset: int, tracker, on_epoch) -> int:
         elif record["kind"] == "epoch" and on_epoch is not None:
             on_epoch(record["step"], record["metrics"])
     return offset + len(complete)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop torchrun and its ranks (their own process group), SIGTERM then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def main(argv: list[str] | None = None) -> None:
