@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -174,3 +175,70 @@ def test_run_twice_trains_each_config_once_through_the_queue(study_file, nfstudy
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in runs}
     assert (nfstudy_home / "queue.journal").is_file()
+
+
+def test_a_torn_last_journal_line_is_cut_before_the_next_append(nfstudy_home):
+    queue = RunQueue("s", create=True)
+    queue.enqueue([job("a")])
+    journal = nfstudy_home / "queue.journal"
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code": 5, "worker_id": "torn-by-a-crash", "trial_id": 0, "st')  # a crash mid-append
+    other = RunQueue("s")  # another process's view: reading stops at the torn line
+    assert other.enqueue([job("b")]) == 1  # appending first cuts the torn line off
+    assert [t.user_attrs["config_hash"] for t in RunQueue("s").trials()] == ["a", "b"]
+    assert journal.read_bytes().endswith(b"\n") and b"torn-by-a-crash" not in journal.read_bytes()
+
+
+def _requeue_then_die(home: str) -> None:
+    """Dies (like kill -9) after putting a lost trial's config back, before failing it."""
+    os.environ["NFSTUDY_HOME"] = home
+    queue = RunQueue("s")
+    (trial,) = queue.trials([TrialState.RUNNING])
+    with queue.lock():
+        queue._enqueue_locked([replace(Job.from_trial(trial), attempt=2)], replacing=trial._trial_id)
+    os._exit(0)
+
+
+def test_a_kill_between_requeue_and_fail_loses_nothing_and_queues_nothing_twice(nfstudy_home):
+    tracking = Tracking()
+    experiment_id, parent_id = tracking.ensure_study("s")
+    queue = RunQueue("s", create=True)
+    queue.enqueue([job("a", experiment_id=experiment_id, parent_id=parent_id)])
+    for target in (_claim_and_die, _requeue_then_die):
+        proc = multiprocessing.get_context("fork").Process(target=target, args=(str(nfstudy_home),))
+        proc.start()
+        proc.join(60)
+    assert [t.state for t in queue.trials()] == [TrialState.RUNNING, TrialState.WAITING]
+    assert recover_lost(queue, tracking) == 1  # the dead worker's trial: failed, its config not queued again
+    states = [(t.state, t.user_attrs["attempt"]) for t in queue.trials()]
+    assert states == [(TrialState.FAIL, 1), (TrialState.WAITING, 2)]
+
+
+@pytest.fixture(params=["journal", "sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def storage(request, nfstudy_home):
+    """The queue's storage of each kind, as a user names it."""
+    if request.param == "journal":
+        yield str(nfstudy_home / "queue.journal")
+    elif request.param == "sqlite":
+        yield f"sqlite:///{nfstudy_home / 'queue.db'}"
+    else:
+        from servers import postgres_server
+
+        with postgres_server() as pg:
+            yield pg.create_database("queue")
+
+
+def test_a_stale_trial_of_another_host_is_found_at_the_first_look_by_its_owners_bound(storage):
+    from study.record.tags import OWNER_ATTR
+    from study.run import liveness
+
+    queue = RunQueue("s", storage, create=True)
+    queue.enqueue([job("a"), job("b")])
+    first, second = queue.pop(), queue.pop()
+    elsewhere = {"host": "machine-b", "pid": 1, "name": "b", "stale_after_s": 1.0}
+    for claim in (first, second):
+        queue.storage.set_trial_system_attr(claim.trial_id, OWNER_ATTR, elsewhere)
+    time.sleep(2.5)  # SQLite's clock has one-second steps
+    queue.beat(second.trial_id)
+    observer = RunQueue("s", storage)  # never saw either alive; its own heartbeat setting is not used
+    assert liveness.HEARTBEAT_S == 10 and [t._trial_id for t in observer.lost()] == [first.trial_id]

@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from study import paths
 from study.errors import TrackingError
 from study.record import outage, stores
+from study.record.optuna_storage import lock_beside
 from study.record.spool import SpoolWriter, finished as spool_finished
 from study.record.tags import (
     ARM,
@@ -84,6 +85,11 @@ class Tracking:
         if self.uri.startswith(("http://", "https://")):
             stores.configure_http_client()
         self.client = MlflowClient(self.uri)
+        if self.uri.startswith("sqlite:///"):
+            # MLflow creates a fresh SQLite store's tables on first use: one process at a
+            # time, so two `nfstudy run` started together do not both try.
+            with lock_beside(Path(self.uri.removeprefix("sqlite:///")), "schema").held():
+                self.client.search_experiments(max_results=1)
         self.offline = False
         """True once a call failed because the server did not answer (runs go to the spool)."""
         self.spooled = False

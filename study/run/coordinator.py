@@ -313,6 +313,11 @@ def _summarise(tracking: Tracking, prepared: Prepared, runs: list[PlannedRun], q
     plan = {run.config_hash: run for run in runs}
     summary = Summary(total=len(plan), done_before=len(prepared.done_before))
     outcome = tracking.finished_outcomes(prepared.experiment_id)  # MLflow, or the spool while offline
+    # A worker whose tracking server was away holds its results in its own spool until the
+    # server answers again; the queue heard of them already.
+    for trial in queue.trials([TrialState.COMPLETE]):
+        if "outcome" in trial.user_attrs and trial.user_attrs.get("experiment_id") == prepared.experiment_id:
+            outcome.setdefault(trial.user_attrs.get("config_hash"), trial.user_attrs["outcome"])
     for config_hash in plan.keys() - prepared.done_before:
         if config_hash not in outcome:
             continue

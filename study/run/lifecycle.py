@@ -30,7 +30,7 @@ import optuna
 
 from study.record.tags import OUTCOME, PRUNED
 from study.record.tracking import ChildRun
-from study.run.liveness import HEARTBEAT_S
+from study.run.liveness import HEARTBEAT_S, LOOK_S
 
 
 class TrialSide(Protocol):
@@ -127,11 +127,13 @@ def parent_gone(parent_pid: int | None) -> bool:
 
 class Heartbeat:
     """Calls ``beat()`` every :data:`~study.run.liveness.HEARTBEAT_S` seconds from a thread,
-    from the moment the block starts; stops this process as on Ctrl-C (SIGTERM) when its
+    from the moment the block starts, and ``look()`` (if given) every
+    :data:`~study.run.liveness.LOOK_S`; stops this process as on Ctrl-C (SIGTERM) when its
     parent ``parent_pid`` dies."""
 
-    def __init__(self, beat: Callable[[], None], parent_pid: int | None = None):
-        self.beat, self.parent_pid = beat, parent_pid
+    def __init__(self, beat: Callable[[], None], parent_pid: int | None = None,
+                 look: Callable[[], None] | None = None):
+        self.beat, self.parent_pid, self.look = beat, parent_pid, look
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nfstudy-heartbeat", daemon=True)
 
@@ -144,13 +146,18 @@ class Heartbeat:
         self._thread.join(timeout=5)  # a beat stuck on a dead server must not hold the worker
 
     def _run(self) -> None:
-        next_beat = 0.0
+        next_beat, next_look = 0.0, time.monotonic() + LOOK_S
         while not self._stop.is_set():
             if parent_gone(self.parent_pid):
                 os.kill(os.getpid(), signal.SIGTERM)  # stop like Ctrl-C
                 return
-            if time.monotonic() >= next_beat:
+            now = time.monotonic()
+            if now >= next_beat:
                 with contextlib.suppress(Exception):  # a storage hiccup must not kill the run
                     self.beat()
-                next_beat = time.monotonic() + HEARTBEAT_S
+                next_beat = now + HEARTBEAT_S
+            if self.look is not None and now >= next_look:
+                with contextlib.suppress(Exception):  # nor a failed look for others' lost runs
+                    self.look()
+                next_look = now + LOOK_S
             self._stop.wait(min(1.0, HEARTBEAT_S))

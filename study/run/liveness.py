@@ -29,6 +29,9 @@ from study.record.tags import HEARTBEAT_ATTR, OWNER_ATTR
 
 #: Seconds between a running trial's heartbeats (``$NFSTUDY_HEARTBEAT_S`` overrides).
 HEARTBEAT_S = float(os.environ.get("NFSTUDY_HEARTBEAT_S", "10"))
+#: Seconds between two looks for lost trials by a worker, idle or busy (a look reads the
+#: RUNNING trials only: a few rows per worker).
+LOOK_S = 5.0
 #: Silence after which a trial is lost, for trials whose owner did not say (claimed by a
 #: process that died before it could record itself); owners record ``6 * HEARTBEAT_S``.
 DEFAULT_STALE_AFTER_S = 60.0

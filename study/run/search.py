@@ -14,6 +14,7 @@ KILLED, by the next search of that study on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 import optuna
+from mlflow.entities import Metric, RunTag
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
@@ -435,9 +437,10 @@ def recover_lost_trials(study: optuna.Study, tracking: Tracking) -> int:
             continue
         recovered += 1
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and tracking.client.get_run(run_id).info.status == "RUNNING":
-            ChildRun(tracking.client, run_id).end(
-                "KILLED", f"search process lost (pid {owner.get('pid')} on {owner.get('name')})")
+        with contextlib.suppress(Exception):  # best effort: the tracking server may be away
+            if run_id and tracking.client.get_run(run_id).info.status == "RUNNING":
+                ChildRun(tracking.client, run_id).end(
+                    "KILLED", f"search process lost (pid {owner.get('pid')} on {owner.get('name')})")
     return recovered
 
 
@@ -450,10 +453,16 @@ def _log_best(study: optuna.Study, tracking: Tracking, parent_id: str, plan: Sea
     best = study.best_trial
     result.best_value, result.best_params = best.value, dict(best.params)
     step = len(study.trials)
-    tracking.client.log_metric(parent_id, f"best/{plan.metric}", best.value, step=step)
-    for key, value in best.params.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            tracking.client.log_metric(parent_id, f"best/{key}", float(value), step=step)
-    tracking.client.set_tag(parent_id, BEST_PARAMS, json.dumps(best.params))
-    tracking.client.set_tag(parent_id, BEST_TRIAL, str(best.number))
-    tracking.client.set_tag(parent_id, N_TRIALS, str(step))
+    numbers = {f"best/{key}": float(value) for key, value in best.params.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    metrics = [Metric(key, value, int(time.time() * 1000), step)
+               for key, value in {f"best/{plan.metric}": best.value, **numbers}.items()]
+    tags = [RunTag(BEST_PARAMS, json.dumps(best.params)), RunTag(BEST_TRIAL, str(best.number)),
+            RunTag(N_TRIALS, str(step))]
+    try:
+        tracking.client.log_batch(parent_id, metrics=metrics, tags=tags)
+    except Exception:
+        if tracking.reachable():
+            raise
+        # The tracking server is away: the trials are in the spool; the next search logs
+        # the best again (the report reads it from Optuna).

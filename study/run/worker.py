@@ -27,14 +27,12 @@ from study.record import spool
 from study.record.tags import DIVERGED, ERROR, OWNER_ATTR, QUEUE_TRIAL, ROLE
 from study.record.tracking import Tracking
 from study.run.lifecycle import Heartbeat, parent_gone, run_child
-from study.run.liveness import HEARTBEAT_S
+from study.run.liveness import LOOK_S
 from study.run.queue import MAX_ATTEMPTS, Claim, EndKind, Job, RunQueue
 
 #: Seconds between looks at an empty queue while other workers still run configs; doubled
 #: after each empty look up to :data:`LONGEST_POLL_S`, so idle workers cost the database little.
 POLL_S, LONGEST_POLL_S = 1.0, 8.0
-#: While training, the heartbeat thread looks for lost runs every this many beats.
-RECOVER_EVERY_BEATS = 3
 
 RunEvent = Callable[[str, Job, "dict[str, Any] | None"], None]
 
@@ -161,9 +159,9 @@ def run_worker(
             if parent_gone(parent_pid):
                 raise KeyboardInterrupt
             started = time.perf_counter()
-            if time.monotonic() >= next_scan:  # liveness changes no faster than heartbeats
+            if time.monotonic() >= next_scan:
                 summary.recovered += recover_lost(queue, tracking)
-                next_scan = time.monotonic() + HEARTBEAT_S
+                next_scan = time.monotonic() + LOOK_S
             _sync_spool(tracking)
             claim = queue.pop(hashes)
             if claim is None:
@@ -239,13 +237,9 @@ def _run_claim(queue: RunQueue, tracking: Tracking, claim: Claim, summary: Worke
     from study.train.trainer import train
 
     job, side = claim.job, _QueueTrial(queue, tracking, claim, summary)
-    beats = {"n": 0}
 
-    def beat() -> None:
-        queue.beat(claim.trial_id)
-        beats["n"] += 1
-        if beats["n"] % RECOVER_EVERY_BEATS == 0:  # a busy worker still finds lost runs
-            recover_lost(queue, tracking)
+    def look() -> None:  # a busy worker still finds the runs of dead workers
+        summary.recovered += recover_lost(queue, tracking)
 
     def run() -> dict[str, Any]:
         config = make_config(job.config, where=job.run_name)
@@ -256,7 +250,7 @@ def _run_claim(queue: RunQueue, tracking: Tracking, claim: Claim, summary: Worke
             return train_distributed(config, nproc_per_node, tracker=child, on_epoch=on_epoch)
         return train(config, tracker=child, on_epoch=on_epoch)
 
-    with Heartbeat(beat, parent_pid):  # from the claim on: a slow tracking server never makes it look lost
+    with Heartbeat(lambda: queue.beat(claim.trial_id), parent_pid, look=look):  # from the claim on: a slow tracking server never makes it look lost
         if side.recorded_elsewhere():
             queue.complete(claim.trial_id, None)
             summary.skipped += 1
