@@ -215,11 +215,16 @@ def worker(
     puts its config back in the queue and exits 130."""
     import socket
 
+    from study import paths
+    from study.cli import preflight
     from study.record.tracking import Tracking
     from study.run.coordinator import run_local_workers
-    from study.run.queue import RunQueue
+    from study.run.queue import RunQueue, storage_url
     from study.run.worker import run_worker
 
+    # A wrong URL is one line and exit 2 within seconds; an outage later is ridden out.
+    preflight.check_storage(storage_url(storage))
+    preflight.check_tracking(paths.tracking_uri(tracking_uri))
     queue = RunQueue(study, storage)
     tracking = Tracking(tracking_uri)
     me = f"worker {socket.gethostname()}:{os.getpid()}"
@@ -270,6 +275,10 @@ def search(
 
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from study import paths
+    from study.cli import preflight
+
+    preflight.check_storage(paths.optuna_storage(storage))
     open_storage(storage)  # a bad --storage fails here, before any MLflow run is created
     pinned = [k for k in plan.search.space if k not in plan.space]
     console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"
