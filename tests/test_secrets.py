@@ -1,4 +1,4 @@
-"""Safe by default (issue 9): safe YAML and checkpoint loading, no code run from data files,
+"""Safe by default: safe YAML and checkpoint loading, no code run from data files,
 file names confined to $NFSTUDY_HOME, and credentials never written to MLflow or printed."""
 
 from __future__ import annotations

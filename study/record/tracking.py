@@ -235,7 +235,7 @@ class Tracking:
     def adopt_finished(self, experiment_id: str, parent_id: str, study: str,
                        wanted: dict[str, tuple[str, str]]) -> int:
         """Copy into this study the FINISHED runs other studies already made of the same
-        configs, so a config hash is trained once whichever study asks for it (DESIGN.md).
+        configs, so a config hash is trained once whichever study asks for it.
 
         Args:
             wanted: ``{config hash: (arm, run name)}`` of this study's unfinished runs.

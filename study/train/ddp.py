@@ -4,10 +4,11 @@ The run keeps the meaning of its config: ``data.batch_size`` is the *global* bat
 learning-rate rule (``optim.lr``·B/256) is unchanged. Every rank draws the same global batch
 (the loaders' order comes from the shared seed) and trains on its contiguous slice of it;
 DDP averages the gradients, so the mean loss and its gradient equal one process on the whole
-batch, and AGC, called after ``backward()``, clips the all-reduced gradient (PAPER.md §4).
-The SAM ascent runs inside ``no_sync()``: local to each replica (PAPER.md §5). Evaluation
-runs on every rank over the whole split (identical results, no collective); only rank 0
-reports metrics.
+batch, and AGC, called after ``backward()``, clips the all-reduced gradient, as the official
+code does (Brock et al. 2021, §4, arXiv 2102.06171; google-deepmind/deepmind-research,
+nfnets/). The SAM ascent runs inside ``no_sync()``: local to each replica, which the paper's
+discussion of SAM reports works best. Evaluation runs on every rank over the whole split
+(identical results, no collective); only rank 0 reports metrics.
 
 ``train_distributed(config, nproc)`` launches
 ``python -m torch.distributed.run --standalone --nproc-per-node N -m study.train.ddp
