@@ -80,16 +80,16 @@ class Tracking:
 
     def __init__(self, uri: str | None = None):
         self.uri = stores.database_url(paths.tracking_uri(uri))
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if self.uri.startswith(("http://", "https://")):
             stores.configure_http_client()
-        self.client = MlflowClient(self.uri)
         if self.uri.startswith("sqlite:///"):
-            # MLflow creates a fresh SQLite store's tables on first use: one process at a
-            # time, so two `nfstudy run` started together do not both try.
+            # MLflow creates (or migrates) a SQLite store's tables when it opens it: one
+            # process at a time, so two `nfstudy run` started together do not both try.
             with lock_beside(Path(self.uri.removeprefix("sqlite:///")), "schema").held():
+                self.client = MlflowClient(self.uri)
                 self.client.search_experiments(max_results=1)
+        else:
+            self.client = MlflowClient(self.uri)
         self.offline = False
         """True once a call failed because the server did not answer (runs go to the spool)."""
         self.spooled = False
