@@ -6,12 +6,15 @@ nfstudy, which stops it in order), and a small watcher process, started beside i
 for either the group to end or this process to die: on a ``kill -9`` of nfstudy (or an
 out-of-memory kill) it sends the whole group SIGTERM, then SIGKILL after
 :data:`GRACE_S`. A parent-death signal (``PR_SET_PDEATHSIG``) would reach the leader
-only, not the processes it forked, and is unsafe to set from a threaded parent.
+only, not the processes it forked, and is unsafe to set from a threaded parent; a child
+that starts processes in sessions of their own (torchrun's ranks) sets it in each of them
+itself (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -77,3 +80,15 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process ``signum`` when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``; a no-op elsewhere). Call it in the child itself, first thing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signum), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request: no signal will come
+        os.kill(os.getpid(), signum)

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from study.children import start_group, stop_group
+from study.children import die_with_parent, start_group, stop_group
 from study.config.run_config import RunConfig
 from study.errors import ConfigError
 from study.train.trainer import resolve_device, train
@@ -137,6 +137,8 @@ def _forward_lines(path: Path, offset: int, tracker, on_epoch) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Per-rank entry (``python -m study.train.ddp CONFIG_JSON OUT_DIR`` under torchrun)."""
+    # torchrun starts each rank in a session of its own: a rank must not outlive it.
+    die_with_parent()
     config_path, out_dir = argv if argv is not None else sys.argv[1:]
     out = Path(out_dir)
     config = RunConfig.model_validate_json(Path(config_path).read_text())
