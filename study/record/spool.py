@@ -11,8 +11,9 @@ run and moves its file to ``spool/uploaded/``. It is idempotent: a run it create
 tagged ``nfstudy.spool_id``, and a FINISHED config hash is never recorded twice (a spooled
 result whose config is already FINISHED in the experiment is dropped as a duplicate).
 
-Records, in order: ``run`` (the header: study, experiment and parent ids, MLflow run id when
-the run was created before the server went away, run name, tags, params), then any of
+Records, in order: ``run`` (the header: study, experiment name and id, parent id and the tags
+that select it, MLflow run id when the run was created before the server went away, run
+name, tags, params), then any of
 ``params``, ``metrics`` (``[[key, value, timestamp_ms, step], …]``), ``tags``, and ``end``.
 """
 
@@ -190,7 +191,11 @@ def sync(tracking, on_run: Callable[[str], None] | None = None) -> SyncSummary:
 def _upload(tracking, run: SpooledRun, summary: SyncSummary, on_run: Callable[[str], None] | None) -> None:
     """Upload one spooled run (or drop it as a duplicate), then move its file."""
     header = run.header
-    experiment_id, parent_id = tracking.ensure_study(header["study"], header.get("description", ""))
+    # By name, not id: ids mean nothing on another tracking store. A search's runs live in
+    # experiment "search:<study>" under the parent of their Optuna study.
+    experiment_id, parent_id = tracking.ensure_study(header.get("experiment", header["study"]),
+                                                     header.get("description", ""),
+                                                     parent=header.get("parent_tags") or None)
     client = tracking.client
     status = run.status or "KILLED"  # the writer died before it could say
     done = tracking.finished_hashes(experiment_id) if run.config_hash else {}

@@ -94,7 +94,9 @@ class Tracking:
         """True once a call failed because the server did not answer (runs go to the spool)."""
         self.spooled = False
         """True once a run of this process went to the spool (``nfstudy sync`` has work)."""
-        self._descriptions: dict[str, str] = {}
+        self._studies: dict[str, dict[str, Any]] = {}
+        """``{experiment id: {experiment name, description, parent tags}}`` as
+        :meth:`ensure_study` made them: what the spool needs to find them again on upload."""
         self._known: dict[str, dict[str, str]] = {}
         """``{experiment id: {config hash: outcome}}`` FINISHED as last seen or recorded here,
         so a summary made while offline still counts what finished before the server went."""
@@ -169,7 +171,7 @@ class Tracking:
             raise
         except Exception as err:  # MLflow raises many types for an unusable store
             raise TrackingError(f"tracking store '{redact(self.uri)}' is not usable: {first_line(err)}") from None
-        self._descriptions[experiment_id] = description
+        self._studies[experiment_id] = {"experiment": name, "description": description, "parent_tags": dict(parent or {})}
         return experiment_id, parent_id
 
     def _ensure_study(self, name: str, description: str, tags: dict[str, str]) -> tuple[str, str]:
@@ -282,7 +284,7 @@ class Tracking:
             GIT_COMMIT: git_commit(), HOST: socket.gethostname(),
             **(tags or {}),
         }
-        header = {"study": study, "description": self._descriptions.get(experiment_id, ""),
+        header = {"study": study, **self._studies.get(experiment_id, {"description": ""}),
                   "experiment_id": experiment_id, "parent_id": parent_id, "run_name": run_name,
                   "tags": tags, "params": {k: param_value(v) for k, v in params.items()},
                   "start_time": int(time.time() * 1000)}
