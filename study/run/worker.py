@@ -31,8 +31,9 @@ from study.run.liveness import LOOK_S
 from study.run.queue import MAX_ATTEMPTS, Claim, EndKind, Job, RunQueue
 
 #: Seconds between looks at an empty queue while other workers still run configs; doubled
-#: after each empty look up to :data:`LONGEST_POLL_S`, so idle workers cost the database little.
-POLL_S, LONGEST_POLL_S = 1.0, 8.0
+#: after each empty look up to :data:`~study.run.liveness.LOOK_S`, so idle workers cost the
+#: database little and still look for lost runs that often.
+POLL_S = 1.0
 
 RunEvent = Callable[[str, Job, "dict[str, Any] | None"], None]
 
@@ -168,7 +169,7 @@ def run_worker(
                 if not wait or not _active(queue, hashes):
                     return summary
                 time.sleep(pause)
-                pause = min(2 * pause, LONGEST_POLL_S)
+                pause = min(2 * pause, LOOK_S)
                 continue
             pause = POLL_S
             summary.queue_s += time.perf_counter() - started
