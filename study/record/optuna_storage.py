@@ -169,10 +169,18 @@ def open_storage(url: str, *, create: bool) -> BaseStorage:
         raise TrackingError(f"--storage '{redact(url)}' is not usable: {first_line(err)}") from None
 
 
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """One pooled connection per process (a moment's more for its heartbeat thread or a
+    lock), so a fleet of workers fits a server's ``max_connections`` (100 by default)."""
+    if kind(url) == "postgresql":
+        return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 4}
+    return {"pool_pre_ping": True}
+
+
 def _rdb(url: str, create: bool) -> RDBStorage:
     for attempt in range(5):
         try:
-            return RDBStorage(stores.database_url(url), engine_kwargs={"pool_pre_ping": True},
+            return RDBStorage(stores.database_url(url), engine_kwargs=_engine_kwargs(url),
                               skip_table_creation=not create)
         except Exception as err:
             # PostgreSQL: another process created the same tables at this moment (a unique
