@@ -1,7 +1,7 @@
 """The report's figures: one function per figure kind, one style.
 
 Every function takes result runs (:func:`analysis.runs.results`) and returns a
-matplotlib ``Figure``; :func:`save_figure` writes it as PNG and SVG and closes it.
+matplotlib ``Figure``; :func:`save_figure` writes it as PNG and SVG.
 Figures are built with ``matplotlib.figure.Figure`` (the Agg canvas), never pyplot: no
 display, no global figure list, safe in workers.
 
@@ -25,38 +25,43 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from analysis import roles
-from analysis.stats import DIVERGED, group_rows, summarise
+from analysis.stats import group_rows, summarise
+from study.record.tags import DIVERGED
 
 LABELS = {
     roles.CLIPPING: "clipping threshold λ (agc.clipping)",
     roles.BATCH: "paper batch size (data.batch_size)",
     roles.AGC_MODE: "AGC mode (agc.mode)",
     roles.SAM_MODE: "SAM mode (sam.mode)",
-    "val/top1": "validation top-1 (val/top1)",
-    "test/top1": "test top-1 (test/top1)",
-    "time/step_ms": "training step time, ms (time/step_ms)",
+    roles.VAL_METRIC: "validation top-1 (val/top1)",
+    roles.TEST_METRIC: "test top-1 (test/top1)",
+    roles.STEP_MS: "training step time, ms (time/step_ms)",
 }
 _STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9)}
 _DIVERGED_Y = 0.03  # axes fraction where diverged runs are marked
 
 
-def _label(name) -> str:
+def axis_label(name) -> str:
+    """The axis label of a column: what it is, then its key."""
     return LABELS.get(name, str(name))
 
 
-def _new_figure(ncols: int = 1, width: float = 6.4) -> tuple[Figure, list]:
+def new_figure(ncols: int = 1, width: float = 6.4) -> tuple[Figure, list]:
+    """A figure in the report's style with ``ncols`` axes side by side."""
     with matplotlib.rc_context(_STYLE):
         figure = Figure(figsize=(width * ncols, 4.4), layout="constrained")
         axes = figure.subplots(1, ncols, squeeze=False)[0].tolist()
     return figure, axes
 
 
-def _palette(levels) -> list:
+def palette(levels) -> list:
+    """One colour per level: a sequential map for more than two numbers, else distinct hues."""
     numeric = all(isinstance(v, (int, float, np.number)) and v is not None for v in levels)
     return sns.color_palette("viridis" if numeric and len(levels) > 2 else "deep", max(len(levels), 1))
 
 
-def _titles(figure: Figure, frame: pd.DataFrame, title: str | None) -> None:
+def titles(figure: Figure, frame: pd.DataFrame, title: str | None) -> None:
+    """The figure's title, and how the paper's batch sizes were mapped as its bottom line."""
     caption = roles.mapping_caption(frame)
     if title:
         figure.suptitle(title, fontsize=11, fontweight="bold")
@@ -93,7 +98,7 @@ def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: 
     hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
     labelled: list = []
     diverged_marks = []
-    for color, (values, rows) in zip(_palette(hues), group_rows(frame, [hue] if hue else [])):
+    for color, (values, rows) in zip(palette(hues), group_rows(frame, [hue] if hue else [])):
         stats = summarise(rows, [x], y)
         xs = stats[x].map(where).to_numpy(dtype=float)
         label = f"{hue} = {values[0]}" if hue else y
@@ -110,8 +115,8 @@ def _draw_lines(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None, logx: 
         ax.set_xscale("log")
     ax.set_xticks([where[v] for v in levels], [f"{v:g}" if _numeric([v]) else str(v) for v in levels])
     ax.minorticks_off()
-    ax.set_xlabel(_label(x))
-    ax.set_ylabel(_label(y))
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
     ax.legend(fontsize=8, title=None)
 
 
@@ -121,7 +126,7 @@ def _draw_bars(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None) -> None
     hues = [values[0] for values, _ in group_rows(frame, [hue])] if hue else [None]
     width = 0.8 / len(hues)
     labelled: list = []
-    for index, (color, (values, rows)) in enumerate(zip(_palette(hues), group_rows(frame, [hue] if hue else []))):
+    for index, (color, (values, rows)) in enumerate(zip(palette(hues), group_rows(frame, [hue] if hue else []))):
         offset = (index - (len(hues) - 1) / 2) * width
         stats = summarise(rows, [x], y)
         xs = stats[x].map(where).to_numpy(dtype=float) + offset
@@ -132,8 +137,8 @@ def _draw_bars(ax, frame: pd.DataFrame, x: str, y: str, hue: str | None) -> None
         diverged = rows[rows.get("outcome") == DIVERGED]
         _mark_diverged(ax, diverged[x].map(where).to_numpy(dtype=float) + offset, color, labelled)
     ax.set_xticks(range(len(levels)), [str(v) for v in levels])
-    ax.set_xlabel(_label(x))
-    ax.set_ylabel(_label(y))
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
     if hue or labelled:
         ax.legend(fontsize=8)
 
@@ -158,9 +163,9 @@ def line(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, logx: b
     Returns:
         The figure (unsaved).
     """
-    figure, (ax,) = _new_figure()
+    figure, (ax,) = new_figure()
     _draw_lines(ax, frame, x, y, hue, logx)
-    _titles(figure, frame, title)
+    titles(figure, frame, title)
     return figure
 
 
@@ -172,14 +177,14 @@ def bar(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None, title: s
     Returns:
         The figure (unsaved).
     """
-    figure, (ax,) = _new_figure()
+    figure, (ax,) = new_figure()
     _draw_bars(ax, frame, x, y, hue)
-    _titles(figure, frame, title)
+    titles(figure, frame, title)
     return figure
 
 
-def fig2a_batch_scaling(frame: pd.DataFrame, *, select_metric: str = "val/top1",
-                        metric: str = "test/top1") -> Figure:
+def fig2a_batch_scaling(frame: pd.DataFrame, *, select_metric: str = roles.VAL_METRIC,
+                        metric: str = roles.TEST_METRIC) -> Figure:
     """Paper Fig. 2a: ``metric`` against batch size for BN, NF and NF + AGC.
 
     NF + AGC shows, per batch size, the λ with the best mean ``select_metric`` (selected
@@ -197,7 +202,7 @@ def fig2a_batch_scaling(frame: pd.DataFrame, *, select_metric: str = "val/top1",
                 title=f"Batch-size scaling (paper Fig. 2a; AGC λ selected on {select_metric})")
 
 
-def fig2b_clip_threshold(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
+def fig2b_clip_threshold(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC) -> Figure:
     """Paper Fig. 2b: ``metric`` against λ (log axis), one line per batch size.
 
     Returns:
@@ -207,7 +212,7 @@ def fig2b_clip_threshold(frame: pd.DataFrame, *, metric: str = "test/top1") -> F
                 title="Clipping threshold against batch size (paper Fig. 2b)")
 
 
-def unit_vs_layer(frame: pd.DataFrame, *, metric: str = "test/top1", hue: str | None = None) -> Figure:
+def unit_vs_layer(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC, hue: str | None = None) -> Figure:
     """Unit-wise against layer-wise AGC (paper §4): bars of ``metric`` per ``agc.mode``.
 
     Returns:
@@ -216,7 +221,7 @@ def unit_vs_layer(frame: pd.DataFrame, *, metric: str = "test/top1", hue: str | 
     return bar(frame, roles.AGC_MODE, metric, hue=hue, title="Unit-wise against layer-wise AGC (paper §4)")
 
 
-def final_layer(frame: pd.DataFrame, *, metric: str = "test/top1", hue: str | None = None) -> Figure:
+def final_layer(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC, hue: str | None = None) -> Figure:
     """Clipping the classifier or not (paper §4.1): bars of ``metric``.
 
     Returns:
@@ -226,21 +231,21 @@ def final_layer(frame: pd.DataFrame, *, metric: str = "test/top1", hue: str | No
     return bar(labelled, "classifier", metric, hue=hue, title="Clipping the final linear layer (paper §4.1)")
 
 
-def bn_vs_nf(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
+def bn_vs_nf(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC) -> Figure:
     """Paper Table 6: accuracy (left) and training step time (right) of NF against BN.
 
     Returns:
         The figure (unsaved).
     """
     labelled = frame.assign(model=roles.model_family(frame).values)
-    figure, (left, right) = _new_figure(ncols=2, width=4.6)
+    figure, (left, right) = new_figure(ncols=2, width=4.6)
     _draw_bars(left, labelled, "model", metric, None)
-    _draw_bars(right, labelled, "model", "time/step_ms", None)
-    _titles(figure, frame, "NF-ResNet against its BN twin (paper Table 6)")
+    _draw_bars(right, labelled, "model", roles.STEP_MS, None)
+    titles(figure, frame, "NF-ResNet against its BN twin (paper Table 6)")
     return figure
 
 
-def sam_cost(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
+def sam_cost(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC) -> Figure:
     """Paper Table 3 / App. A.4: ``metric`` against step time relative to SAM off.
 
     One point per ``sam.mode`` with 95% CI bars on both axes; the cost is each run's
@@ -250,13 +255,13 @@ def sam_cost(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
     Returns:
         The figure (unsaved).
     """
-    figure, (ax,) = _new_figure()
-    modes = summarise(frame, [roles.SAM_MODE], "time/step_ms")
+    figure, (ax,) = new_figure()
+    modes = summarise(frame, [roles.SAM_MODE], roles.STEP_MS)
     off = modes[modes[roles.SAM_MODE] == "off"]["mean"]
     reference_ms = float(off.iloc[0]) if len(off) else float(modes["mean"].min())
-    relative = frame.assign(cost=frame["time/step_ms"] / reference_ms)
+    relative = frame.assign(cost=frame[roles.STEP_MS] / reference_ms)
     labelled: list = []
-    for color, (values, rows) in zip(_palette(modes[roles.SAM_MODE]), group_rows(relative, [roles.SAM_MODE])):
+    for color, (values, rows) in zip(palette(modes[roles.SAM_MODE]), group_rows(relative, [roles.SAM_MODE])):
         cost = summarise(rows, [], "cost").iloc[0]
         accuracy = summarise(rows, [], metric).iloc[0]
         ax.errorbar([cost["mean"]], [accuracy["mean"]],
@@ -268,30 +273,33 @@ def sam_cost(frame: pd.DataFrame, *, metric: str = "test/top1") -> Figure:
         _mark_diverged(ax, diverged["cost"].to_numpy(dtype=float), color, labelled)
     ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1)
     ax.set_xlabel("step time relative to SAM off (time/step_ms ratio)")
-    ax.set_ylabel(_label(metric))
+    ax.set_ylabel(axis_label(metric))
     ax.legend(fontsize=8)
-    _titles(figure, frame, "SAM: accuracy against cost per step (paper Table 3, App. A.4)")
+    titles(figure, frame, "SAM: accuracy against cost per step (paper Table 3, App. A.4)")
     return figure
 
 
 def signal_propagation(spp: pd.DataFrame) -> Figure:
-    """[I] Fig. 1: average channel squared mean, average channel variance and residual-
-    branch variance at the output of every residual block, one line per model.
+    """Signal propagation at initialisation (Brock, De, Smith 2021, "Characterizing signal
+    propagation to close the performance gap in unnormalized ResNets", arXiv 2101.08692,
+    Fig. 1): average channel squared mean, average channel variance and residual-branch
+    variance at the output of every residual block, one line per model.
 
     Args:
-        spp: :func:`study.models.spp.signal_propagation` rows of one or more models,
-            concatenated with a ``model`` column: ``model``, ``block``, ``stage``,
-            ``avg_channel_squared_mean``, ``avg_channel_variance``, ``residual_variance``.
+        spp: signal-propagation rows of one or more models (the data
+            :class:`analysis.reference.SignalPropagation` describes): ``model``, ``block``,
+            ``stage``, ``avg_channel_squared_mean``, ``avg_channel_variance``,
+            ``residual_variance``.
 
     Returns:
         The figure (unsaved); stage transitions are dotted vertical lines.
     """
     panels = (("avg_channel_squared_mean", "average channel squared mean"), ("avg_channel_variance", "average channel variance"),
               ("residual_variance", "residual-branch variance"))
-    figure, axes = _new_figure(ncols=3, width=4.2)
-    models = [values[0] for values, _ in group_rows(spp, ["model"])]
+    figure, axes = new_figure(ncols=3, width=4.2)
+    models = [values[0] for values, _ in group_rows(spp, [roles.SPP_MODEL])]
     for ax, (column, label) in zip(axes, panels):
-        for color, (values, rows) in zip(_palette(models), group_rows(spp, ["model"])):
+        for color, (values, rows) in zip(palette(models), group_rows(spp, [roles.SPP_MODEL])):
             rows = rows.sort_values("block")
             ax.plot(rows["block"], rows[column], marker=".", color=color, label=str(values[0]))
         transitions = spp.sort_values("block").drop_duplicates("stage")["block"].iloc[1:]

@@ -1,8 +1,8 @@
 """MLflow → tidy pandas: one row per child run of a study.
 
-The layout read here is the one ``study.record.tracking`` writes (DESIGN.md, "Tracking"): one
-experiment per study, named after it; one parent run (tag ``nfstudy.role=parent``); one
-child run per RunConfig (tag ``nfstudy.role=child``) whose params are the flattened
+The layout read here is the one ``study.record.tracking`` writes (the README, "Where results
+live"): one experiment per study, named after it; one parent run (tag ``nfstudy.role=parent``);
+one child run per RunConfig (tag ``nfstudy.role=child``) whose params are the flattened
 RunConfig under dotted keys and whose metrics are logged per epoch (``step`` = epoch).
 
 Only FINISHED child runs whose outcome is ``completed`` or ``diverged`` are results
@@ -13,22 +13,21 @@ count them, but never enter a statistic.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.errors import TrackingError
+from study.record.tags import ARM, HASH, OUTCOME, RESULT_OUTCOMES, ROLE, STUDY
 
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "end_time",
     "study", "arm", "config_hash", "outcome",
 ]
 HISTORY_COLUMNS = ["run_id", "arm", "seed", "key", "step", "value"]
-RESULT_OUTCOMES = ("completed", "diverged")
-
-_ROLE_TAG = "nfstudy.role"
 _PAGE_SIZE = 1000
 # MLflow params are strings; str() of these Python values is not JSON.
 _LITERALS = {"None": None, "True": True, "False": False}
@@ -59,11 +58,28 @@ def parse_param(text: str):
         return text
 
 
-def _client(tracking_uri: str | None) -> MlflowClient:
-    return MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+def default_tracking_uri() -> str:
+    """Where ``nfstudy run`` records, read from the same environment: ``$MLFLOW_TRACKING_URI``,
+    else ``$NFSTUDY_HOME/mlflow.db`` (default ``./.nfstudy``) as an absolute ``sqlite:///``
+    URI. Never MLflow's own default, which would create an empty ``./mlflow.db``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = Path(os.environ.get("NFSTUDY_HOME", ".nfstudy")).expanduser().resolve()
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def _experiment_id(client: MlflowClient, study: str) -> str | None:
+def _client(tracking_uri: str | None) -> MlflowClient | None:
+    """A client of the store, or ``None`` for a SQLite file that does not exist (opening it
+    would create an empty one)."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    return MlflowClient(uri)
+
+
+def _experiment_id(client: MlflowClient | None, study: str) -> str | None:
+    if client is None:
+        return None
     try:
         experiment = client.get_experiment_by_name(study)
     except MlflowException as error:
@@ -79,7 +95,7 @@ def _search_all(client: MlflowClient, experiment_id: str, role: str) -> list:
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{_ROLE_TAG}` = '{role}'",
+            filter_string=f"tags.`{ROLE}` = '{role}'",
             max_results=_PAGE_SIZE,
             order_by=["attributes.start_time ASC"],
             page_token=token,
@@ -88,6 +104,13 @@ def _search_all(client: MlflowClient, experiment_id: str, role: str) -> list:
         token = page.token
         if not token:
             return runs
+
+
+def _child_runs(study: str, tracking_uri: str | None) -> tuple[MlflowClient, list] | None:
+    """The client and every child run of the study, or None when it has no experiment yet."""
+    client = _client(tracking_uri)
+    experiment_id = _experiment_id(client, study)
+    return None if experiment_id is None else (client, _search_all(client, experiment_id, "child"))
 
 
 def _timestamp(millis: int | None):
@@ -109,7 +132,7 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
 
     Args:
         study: the study name (= the MLflow experiment name).
-        tracking_uri: MLflow tracking URI; None uses ``mlflow.get_tracking_uri()``.
+        tracking_uri: MLflow tracking URI; None: :func:`default_tracking_uri` (nfstudy's).
 
     Returns:
         The runs, oldest first; an empty frame with the run columns when the study has
@@ -118,12 +141,11 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
     Raises:
         TrackingError: the tracking store cannot be read.
     """
-    client = _client(tracking_uri)
-    experiment_id = _experiment_id(client, study)
-    if experiment_id is None:
+    found = _child_runs(study, tracking_uri)
+    if found is None:
         return pd.DataFrame(columns=RUN_COLUMNS)
     info, params, metrics = [], [], []
-    for run in _search_all(client, experiment_id, "child"):
+    for run in found[1]:
         tags = run.data.tags
         info.append({
             "run_id": run.info.run_id,
@@ -131,10 +153,10 @@ def load_runs(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
             "status": run.info.status,
             "start_time": _timestamp(run.info.start_time),
             "end_time": _timestamp(run.info.end_time),
-            "study": tags.get("nfstudy.study", study),
-            "arm": tags.get("nfstudy.arm", ""),
-            "config_hash": tags.get("nfstudy.config_hash"),
-            "outcome": tags.get("nfstudy.outcome"),
+            "study": tags.get(STUDY, study),
+            "arm": tags.get(ARM, ""),
+            "config_hash": tags.get(HASH),
+            "outcome": tags.get(OUTCOME),
         })
         params.append({key: parse_param(value) for key, value in run.data.params.items()})
         metrics.append(run.data.metrics)
@@ -184,7 +206,7 @@ def load_history(study: str, tracking_uri: str | None = None, *, keys=None) -> p
 
     Args:
         study: the study name.
-        tracking_uri: MLflow tracking URI; None uses ``mlflow.get_tracking_uri()``.
+        tracking_uri: MLflow tracking URI; None: :func:`default_tracking_uri` (nfstudy's).
         keys: metric names to load (e.g. ``["val/top1"]``); None loads every metric.
 
     Returns:
@@ -195,14 +217,13 @@ def load_history(study: str, tracking_uri: str | None = None, *, keys=None) -> p
     Raises:
         TrackingError: the tracking store cannot be read.
     """
-    client = _client(tracking_uri)
-    experiment_id = _experiment_id(client, study)
-    if experiment_id is None:
+    found = _child_runs(study, tracking_uri)
+    if found is None:
         return pd.DataFrame(columns=HISTORY_COLUMNS)
-    rows = []
-    for run in _search_all(client, experiment_id, "child"):
+    client, rows = found[0], []
+    for run in found[1]:
         seed = parse_param(run.data.params.get("seed", "None"))
-        arm = run.data.tags.get("nfstudy.arm", "")
+        arm = run.data.tags.get(ARM, "")
         wanted = run.data.metrics.keys() if keys is None else [k for k in keys if k in run.data.metrics]
         for key in wanted:
             rows.extend(

@@ -1,170 +1,45 @@
 """A search's report (``nfstudy report NAME`` for a study with a ``search:`` section).
 
-Reads the Optuna storage: every Optuna study ``nfstudy search`` made for this study (one
-per search space and fixed config, e.g. one per ``--set data.batch_size=…``). Draws the
-optimisation history, each searched key against the metric (log x for log ranges, one
-colour per paper batch size when it varies) and, with more than one searched key, the
-parameter importances (``optuna.importance``). Puts the paper's recommendation beside
-what the search found: λ = 0.01 for batch 1024–4096 (PAPER.md §4). Writes ``report.md``,
-``report.html`` (the style of :mod:`analysis.report`), ``summary.json`` and PNG + SVG figures.
+Reads the Optuna storage (:mod:`analysis.trials`): every Optuna study ``nfstudy search``
+made for this study (one per search space and fixed config, e.g. one per ``--set
+data.batch_size=…``). Draws the optimisation history, each searched key against the metric
+(log x for log ranges, one colour per paper batch size when it varies) and, with more than
+one searched key, the parameter importances (``optuna.importance``). Puts what the paper
+recommends for a searched key (:class:`analysis.reference.SearchRecommendation`, e.g. λ =
+0.01 for batch 1024–4096) beside what the search found. Writes ``report.md``,
+``report.html``, ``summary.json`` (:mod:`analysis.document`) and PNG + SVG figures.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
-from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from optuna.storages import BaseStorage
 
-from analysis import figures, roles
-from analysis.report import SCALE_NOTE, _html, _Image, _markdown, _Section, _Table, _value
-from study.run.search import STUDY_PREFIX, open_storage
+from analysis import roles
+from analysis.document import Section, Table, save_figures, write
+from analysis.formats import score, value
+from analysis.reference import SCALE_NOTE, SearchRecommendation, search_recommendation
+from analysis.search_figures import best_trial, complete, history_figure, importance_figure, param_figure
+from analysis.trials import load_trials, open_storage, shown_url
+from study.record.tags import DIVERGED
 
-#: PAPER.md §4: "λ = 0.01 for batch 1024–4096" (NF-ResNet-50/-200, ImageNet, 90 epochs).
-PAPER_CLIPPING = 0.01
-PAPER_BATCHES = (1024, 4096)
-#: Trials within this much of the best value (one top-1 point) form the "good region".
 GOOD_MARGIN = 0.01
-TRIAL_COLUMNS = ["optuna_study", "batch", "number", "state", "outcome", "value", "last_value",
-                 "pruned_epoch", "test/top1", "mlflow_run_id"]
-
-
-def load_trials(study: str, storage: str) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Every trial of every Optuna study of search ``study``, one row each.
-
-    Args:
-        study: the nfstudy study name.
-        storage: Optuna storage URL (or journal path); a missing SQLite file means no trials.
-
-    Returns:
-        ``(trials, studies)``: trials with :data:`TRIAL_COLUMNS` plus one column per
-        searched key; ``studies`` maps each Optuna study name to its user attrs
-        (``fixed`` config, ``space``, ``metric``…) plus ``direction``.
-    """
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        return pd.DataFrame(columns=TRIAL_COLUMNS), {}
-    store = open_storage(storage)
-    rows, studies = [], {}
-    for name in sorted(optuna.get_all_study_names(store)):
-        if not name.startswith(f"{STUDY_PREFIX}{study}:"):
-            continue
-        loaded = optuna.load_study(study_name=name, storage=store)
-        attrs = dict(loaded.user_attrs)
-        studies[name] = {**attrs, "direction": loaded.direction.name.lower()}
-        fixed = attrs.get("fixed", {})
-        for trial in loaded.get_trials(deepcopy=False):
-            steps = sorted(trial.intermediate_values)
-            params = dict(trial.params)
-            rows.append({
-                "optuna_study": name,
-                "batch": params.get(roles.BATCH, fixed.get(roles.BATCH)),
-                "number": trial.number,
-                "state": trial.state.name,
-                "outcome": trial.user_attrs.get("outcome", trial.state.name.lower()),
-                "value": trial.value,
-                "last_value": trial.intermediate_values[steps[-1]] if steps else trial.value,
-                "pruned_epoch": steps[-1] if trial.state.name == "PRUNED" and steps else None,
-                "test/top1": trial.user_attrs.get("test/top1"),
-                "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
-                **{key: fixed.get(key) for key in (roles.DEVICE_BATCH, roles.LR, roles.STEPS)},
-                **params,
-            })
-    return pd.DataFrame(rows, columns=list(dict.fromkeys(TRIAL_COLUMNS + [k for r in rows for k in r]))), studies
-
-
-def history_figure(trials: pd.DataFrame, metric: str, direction: str) -> Figure:
-    """Value per trial (○ complete, ✕ diverged, hollow ○ pruned at its last reported
-    value) and the best so far, one colour per Optuna study (paper batch size)."""
-    figure, (ax,) = figures._new_figure()
-    groups = list(trials.groupby("optuna_study", sort=False))
-    for color, (name, rows) in zip(figures._palette(range(len(groups))), groups):
-        rows = rows.sort_values("number")
-        label = _study_label(rows)
-        done = rows[rows["state"] == "COMPLETE"]
-        normal = done[done["outcome"] != "diverged"]
-        ax.scatter(normal["number"], normal["value"], color=color, label=label, zorder=3)
-        diverged = done[done["outcome"] == "diverged"]
-        if len(diverged):
-            ax.scatter(diverged["number"], diverged["value"], color=color, marker="X", s=70, edgecolor="black",
-                       linewidth=0.5, zorder=4, label=f"{label}: diverged")
-        pruned = rows[rows["state"] == "PRUNED"]
-        if len(pruned):
-            ax.scatter(pruned["number"], pruned["last_value"], facecolor="none", edgecolor=color, zorder=3,
-                       label=f"{label}: pruned (last reported)")
-        if len(done):
-            best = done["value"].cummax() if direction == "maximize" else done["value"].cummin()
-            ax.step(done["number"], best, where="post", color=color, alpha=0.7, label=f"{label}: best so far")
-    ax.set_xlabel("trial number")
-    ax.set_ylabel(figures._label(metric))
-    ax.legend(fontsize=7)
-    figures._titles(figure, _mapping_frame(trials), "Optimisation history")
-    return figure
-
-
-def param_figure(trials: pd.DataFrame, key: str, metric: str, direction: str, *, logx: bool) -> Figure:
-    """``key`` against the metric of complete trials, one colour per paper batch size
-    when it varies; ★ marks the best trial of each; λ gets the paper's 0.01 as a line."""
-    figure, (ax,) = figures._new_figure()
-    done = trials[(trials["state"] == "COMPLETE") & trials[key].notna()]
-    batches = list(dict.fromkeys(done["batch"]))
-    for color, batch in zip(figures._palette(batches), batches):
-        rows = done[done["batch"] == batch]
-        label = f"paper batch {batch}" if len(batches) > 1 else None
-        normal = rows[rows["outcome"] != "diverged"]
-        ax.scatter(normal[key], normal["value"], color=color, label=label, zorder=3)
-        diverged = rows[rows["outcome"] == "diverged"]
-        if len(diverged):
-            ax.scatter(diverged[key], diverged["value"], color=color, marker="X", s=70, edgecolor="black",
-                       linewidth=0.5, zorder=4, label="diverged" + (f" (batch {batch})" if label else ""))
-        best = rows.loc[rows["value"].idxmax() if direction == "maximize" else rows["value"].idxmin()]
-        ax.scatter([best[key]], [best["value"]], marker="*", s=260, color=color, edgecolor="black", zorder=5,
-                   label=f"best {key} = {_value(best[key])}" + (f" (batch {batch})" if label else ""))
-    if key == roles.CLIPPING:
-        ax.axvline(PAPER_CLIPPING, color="0.3", linestyle="--",
-                   label=f"paper: λ = {PAPER_CLIPPING} for batch {PAPER_BATCHES[0]}–{PAPER_BATCHES[1]}")
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(figures._label(key))
-    ax.set_ylabel(figures._label(metric))
-    ax.legend(fontsize=7)
-    figures._titles(figure, _mapping_frame(trials), f"{key} against {metric}")
-    return figure
-
-
-def importance_figure(importances: dict[str, dict[str, float]]) -> Figure:
-    """Horizontal bars of fANOVA importance per searched key, one panel per Optuna study."""
-    figure, axes = figures._new_figure(ncols=len(importances), width=4.8)
-    for ax, (label, values) in zip(axes, importances.items()):
-        keys = list(values)[::-1]
-        ax.barh(keys, [values[k] for k in keys], color=figures._palette(keys))
-        ax.set_xlabel("importance (fANOVA, sums to 1)")
-        ax.set_title(label, fontsize=10)
-    figure.suptitle("Parameter importance", fontsize=11, fontweight="bold")
-    return figure
-
-
-def paper_recommendation(batch) -> str:
-    """What PAPER.md §4 recommends for λ at a paper batch size."""
-    if batch is None:
-        return "-"
-    if PAPER_BATCHES[0] <= batch <= PAPER_BATCHES[1]:
-        return f"{PAPER_CLIPPING:g}"
-    if batch < PAPER_BATCHES[0]:
-        return f"larger than {PAPER_CLIPPING:g} (grid up to 0.16; larger batches need smaller λ)"
-    return f"at most {PAPER_CLIPPING:g} (beyond the paper's batches)"
+"""Trials within this much of the best value (one top-1 point) form the "good region"."""
 
 
 def good_region(rows: pd.DataFrame, key: str, direction: str, margin: float = GOOD_MARGIN) -> tuple | None:
     """The ``(min, max)`` of ``key`` over complete, non-diverged trials within ``margin``
     of the best value (absolute), or None without such trials."""
-    done = rows[(rows["state"] == "COMPLETE") & (rows["outcome"] != "diverged")]
+    done = complete(rows)
+    done = done[done["outcome"] != DIVERGED]
     if done.empty:
         return None
     best = done["value"].max() if direction == "maximize" else done["value"].min()
@@ -181,7 +56,8 @@ def build_search_report(spec, storage: str, tracking_uri: str | None, out_dir, c
 
     Args:
         spec: the study (a ``StudySpec`` with a ``search:`` section).
-        storage: the Optuna storage URL the searches used.
+        storage: the Optuna storage URL the searches used (a missing SQLite or journal file
+            means no trials; it is never created).
         tracking_uri: the MLflow store of the trials' runs; the report is logged as artifact
             ``report/`` of each Optuna study's parent run found there.
         out_dir: the folder to write (created).
@@ -192,60 +68,61 @@ def build_search_report(spec, storage: str, tracking_uri: str | None, out_dir, c
         "best": [{"optuna_study", "batch", "params", "value"}, ...]}``.
 
     Raises:
-        TrackingError: the Optuna storage cannot be opened.
+        TrackingError: the Optuna storage cannot be read.
     """
+    store = open_storage(storage)
+    trials, studies = load_trials(spec.name, store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trials, studies = load_trials(spec.name, storage)
     metric = spec.search.metric or spec.metric
     keys = list(spec.search.space)
-    sections = [_Section("Study", [
+    recommendation = search_recommendation(spec.paper, keys)
+    sections = [Section("Study", [
         spec.description or "",
         f"Regenerate: `{command}`",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from Optuna storage `{storage}`; trials "
-        f"are child runs of MLflow experiment `search:{spec.name}` in `{tracking_uri or 'the default store'}`.",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from Optuna storage `{shown_url(storage)}`; "
+        f"trials are child runs of MLflow experiment `search:{spec.name}` in "
+        f"`{tracking_uri or 'the default store'}`.",
     ]), _search_section(spec, studies, metric)]
     written, best_rows = [], []
     if trials.empty:
-        sections.append(_Section("Results", [f"**No trials yet.** Run `nfstudy search {spec.name} --trials 20`."]))
+        sections.append(Section("Results", [f"**No trials yet.** Run `nfstudy search {spec.name} --trials 20`."]))
     else:
-        table, best_rows = _paper_table(trials, studies, keys)
+        table, best_rows = _paper_table(trials, studies, keys, recommendation)
         counts = trials["outcome"].value_counts()
-        sections.append(_Section("The paper beside the search", [
-            f"PAPER.md §4: the paper's λ grid {{0.01, 0.02, 0.04, 0.08, 0.16}} at batch 256–4096 (NF-ResNet-50/-200, "
-            f"ImageNet, 90 epochs) finds that larger batches need smaller λ and recommends λ = {PAPER_CLIPPING} for "
-            f"batch {PAPER_BATCHES[0]}–{PAPER_BATCHES[1]}. Best trials are selected on `{metric}`; "
-            f"`test/top1` is the held-out split of the same trial. The good region spans the trials within "
-            f"{GOOD_MARGIN:g} of the best value.",
+        sections.append(Section("The paper beside the search", [
+            (recommendation.summary() if recommendation else
+             f"No paper result recommends a value for {', '.join(f'`{k}`' for k in keys)}.")
+            + f" Best trials are selected on `{metric}`; `{roles.TEST_METRIC}` is the held-out split of the same "
+            f"trial. The good region spans the trials within {GOOD_MARGIN:g} of the best value.",
             f"{len(trials)} trials: " + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) + ".",
             table,
         ]))
-        images = []
-        drawn = [("history", history_figure(trials, metric, _direction(studies)), "Optimisation history")]
-        for key in keys:
-            if key in trials.columns and pd.api.types.is_numeric_dtype(trials[key].dropna().infer_objects()):
-                logx = bool(getattr(spec.search.space[key], "log", False))
-                drawn.append((f"param-{key.replace('.', '_')}", param_figure(trials, key, metric, _direction(studies), logx=logx),
-                              f"{key} against {metric}"))
-        importances = _importances(storage, studies) if len(keys) > 1 else {}
-        if importances:
-            drawn.append(("importance", importance_figure(importances), "Parameter importance (fANOVA)"))
-        for name, figure, caption in drawn:
-            paths = figures.save_figure(figure, out / name)
-            written += paths
-            images.append(_Image(paths[0], caption))
-        sections.append(_Section("Figures", images))
-        sections.append(_Section("Scale", [SCALE_NOTE]))
-        sections.append(_trials_section(trials, keys))
-    title = f"Search report: {spec.name}"
-    paths = {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json"}
-    paths["markdown"].write_text(_markdown(title, sections, out))
-    paths["html"].write_text(_html(title, sections))
-    n_complete = int((trials["state"] == "COMPLETE").sum()) if not trials.empty else 0
-    paths["summary"].write_text(json.dumps({"study": spec.name, "paper": spec.paper, "n_results": n_complete,
-                                            "verdicts": [], "best": best_rows}, indent=2, default=str))
+        images, written = save_figures(_figures(spec, trials, studies, store, metric, recommendation), out)
+        sections += [Section("Figures", images), Section("Scale", [SCALE_NOTE]), _trials_section(trials, keys)]
+    n_complete = len(complete(trials)) if not trials.empty else 0
+    paths = write(out, f"Search report: {spec.name}", sections,
+                  summary={"study": spec.name, "paper": spec.paper, "n_results": n_complete, "verdicts": [],
+                           "best": best_rows})
     _log_to_parents(studies, tracking_uri, out)
     return {**paths, "figures": written, "best": best_rows}
+
+
+def _figures(spec, trials, studies, store, metric, recommendation) -> list[tuple]:
+    """The history, each numeric searched key against the metric, and (more than one key)
+    the importances: ``(file name, figure, caption)``."""
+    direction = _direction(studies)
+    drawn = [("history", history_figure(trials, metric, direction), "Optimisation history")]
+    for key in spec.search.space:
+        if key in trials.columns and pd.api.types.is_numeric_dtype(trials[key].dropna().infer_objects()):
+            logx = bool(getattr(spec.search.space[key], "log", False))
+            drawn.append((f"param-{key.replace('.', '_')}",
+                          param_figure(trials, key, metric, direction, logx=logx, recommendation=recommendation),
+                          f"{key} against {metric}"))
+    importances = _importances(store, studies) if len(spec.search.space) > 1 else {}
+    if importances:
+        drawn.append(("importance", importance_figure(importances), "Parameter importance (fANOVA)"))
+    return drawn
 
 
 def _log_to_parents(studies: dict[str, dict], tracking_uri: str | None, out: Path) -> None:
@@ -268,82 +145,72 @@ def _direction(studies: dict[str, dict]) -> str:
     return next(iter(studies.values()))["direction"] if studies else "maximize"
 
 
-def _study_label(rows: pd.DataFrame) -> str:
-    batch = rows["batch"].iloc[0]
-    return f"batch {batch}" if rows["batch"].nunique() <= 1 and batch is not None else rows["optuna_study"].iloc[0]
-
-
-def _mapping_frame(trials: pd.DataFrame) -> pd.DataFrame:
-    """The columns :func:`analysis.roles.mapping_caption` reads (paper batch, real batch, lr, steps)."""
-    return trials.assign(**{roles.BATCH: trials["batch"]})
-
-
-def _search_section(spec, studies: dict[str, dict], metric: str) -> _Section:
+def _search_section(spec, studies: dict[str, dict], metric: str) -> Section:
     search = spec.search
-    space = [[f"`{key}`", json.dumps(value) if isinstance(value, list) else
-              ", ".join(f"{k} {_value(v)}" for k, v in value.model_dump().items() if v not in (None, False))]
-             for key, value in search.space.items()]
+    space = [[f"`{key}`", json.dumps(item) if isinstance(item, list) else
+              ", ".join(f"{k} {value(v)}" for k, v in item.model_dump().items() if v not in (None, False))]
+             for key, item in search.space.items()]
     options = search.pruner.model_dump(exclude_defaults=True, exclude={"name"})
     pruner = f" ({', '.join(f'{k} {v}' for k, v in options.items())})" if options else ""
     blocks = [
         f"Metric `{metric}`, {_direction(studies) if studies else search.direction or 'default'} direction; "
         f"sampler `{search.sampler.name}`; pruner `{search.pruner.name}`{pruner}; one seed per trial.",
-        _Table(["searched key", "range"], space),
+        Table(["searched key", "range"], space),
     ]
     if studies:
         rows = []
         for name, attrs in studies.items():
             fixed = attrs.get("fixed", {})
-            batch, cap = fixed.get(roles.BATCH), fixed.get(roles.DEVICE_BATCH)
-            real = batch if cap is None or batch is None else min(batch, cap)
-            rows.append([f"`{name}`", _value(batch), _value(real),
-                         _value(fixed.get(roles.LR)), _value(fixed.get(roles.STEPS)), fixed.get("model.name", "")])
+            batch = fixed.get(roles.BATCH)
+            rows.append([f"`{name}`", value(batch), value(roles.real_batch(batch, fixed.get(roles.DEVICE_BATCH))),
+                         value(fixed.get(roles.LR)), value(fixed.get(roles.STEPS)), fixed.get(roles.MODEL, "")])
         blocks += ["Optuna studies (one per space and fixed config; the paper batch sets the learning rate "
-                   "lr·B/256 while the real batch is what each step draws, PAPER.md §8):",
-                   _Table(["Optuna study", "paper batch", "real batch", "lr per 256", "steps", "model"], rows)]
-    return _Section("Search", blocks)
+                   "lr·B/256 while the real batch is what each step draws, as the README's scale presets map it):",
+                   Table(["Optuna study", "paper batch", "real batch", "lr per 256", "steps", "model"], rows)]
+    return Section("Search", blocks)
 
 
-def _paper_table(trials: pd.DataFrame, studies: dict[str, dict], keys: list[str]) -> tuple[_Table, list[dict]]:
-    key = roles.CLIPPING if roles.CLIPPING in keys else keys[0]
+def _paper_table(trials: pd.DataFrame, studies: dict[str, dict], keys: list[str],
+                 recommendation: SearchRecommendation | None) -> tuple[Table, list[dict]]:
+    key = recommendation.key if recommendation else keys[0]
+    paper = ([f"paper recommends {recommendation.symbol}", f"paper's {recommendation.symbol} in good region"]
+             if recommendation else [])
     header = ["Optuna study", "paper batch", "trials (complete/pruned/diverged)", f"best {key}", "best value",
-              "test/top1 of best", f"good {key} region", "paper recommends λ", "paper's λ in good region"]
+              f"{roles.TEST_METRIC} of best", f"good {key} region", *paper]
     rows, best_rows = [], []
     for name, group in trials.groupby("optuna_study", sort=False):
         direction = studies[name]["direction"]
-        done = group[group["state"] == "COMPLETE"]
+        done = complete(group)
         batch = group["batch"].iloc[0] if group["batch"].nunique() <= 1 else None
         counts = (f"{len(done)}/{int((group['state'] == 'PRUNED').sum())}/"
-                  f"{int((group['outcome'] == 'diverged').sum())}")
+                  f"{int((group['outcome'] == DIVERGED).sum())}")
+        recommended = [recommendation.at(batch)] if recommendation else []
         if done.empty:
-            rows.append([f"`{name}`", _value(batch), counts, "-", "-", "-", "-", paper_recommendation(batch), "-"])
+            rows.append([f"`{name}`", value(batch), counts, "-", "-", "-", "-", *recommended, *(["-"] if paper else [])])
             continue
-        best = done.loc[done["value"].idxmax() if direction == "maximize" else done["value"].idxmin()]
+        best = best_trial(done, direction)
         region = good_region(group, key, direction)
-        inside = "-"
-        if region is not None and key == roles.CLIPPING:
-            inside = "yes" if region[0] <= PAPER_CLIPPING <= region[1] else "no"
-        test = best.get("test/top1")
-        rows.append([f"`{name}`", _value(batch), counts, _value(best[key]), f"{best['value']:.4f}",
-                     "-" if test is None or (isinstance(test, float) and math.isnan(test)) else f"{test:.4f}",
-                     "-" if region is None else f"{_value(region[0])} – {_value(region[1])}",
-                     paper_recommendation(batch), inside])
+        inside = []
+        if recommendation:
+            inside = ["-" if region is None else "yes" if region[0] <= recommendation.value <= region[1] else "no"]
+        rows.append([f"`{name}`", value(batch), counts, value(best[key]), score(best["value"]),
+                     score(best.get(roles.TEST_METRIC)),
+                     "-" if region is None else f"{value(region[0])} – {value(region[1])}", *recommended, *inside])
         best_rows.append({"optuna_study": name, "batch": batch, "value": float(best["value"]),
                           "params": {k: _plain(best[k]) for k in keys if k in best}})
-    return _Table(header, rows), best_rows
+    return Table(header, rows), best_rows
 
 
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
+def _plain(item):
+    return item.item() if isinstance(item, np.generic) else item
 
 
-def _importances(storage: str, studies: dict[str, dict]) -> dict[str, dict[str, float]]:
-    store = open_storage(storage)
+def _importances(store: BaseStorage, studies: dict[str, dict]) -> dict[str, dict[str, float]]:
     found = {}
     for name in studies:
         study = optuna.load_study(study_name=name, storage=store)
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        if len(complete) >= 2 and len({k for t in complete for k in t.params}) > 1:
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if len(done) >= 2 and len({k for t in done for k in t.params}) > 1:
             try:
                 found[name.rsplit(":", 1)[-1]] = optuna.importance.get_param_importances(study)
             except (RuntimeError, ValueError):  # too few distinct values to fit the forest
@@ -351,11 +218,10 @@ def _importances(storage: str, studies: dict[str, dict]) -> dict[str, dict[str, 
     return found
 
 
-def _trials_section(trials: pd.DataFrame, keys: list[str]) -> _Section:
-    rows = [[row["optuna_study"].rsplit(":", 1)[-1], str(row["number"]), _value(row["batch"]),
-             *(_value(row.get(k)) for k in keys), row["state"], row["outcome"],
-             "-" if row["value"] is None or row["value"] != row["value"] else f"{row['value']:.4f}",
+def _trials_section(trials: pd.DataFrame, keys: list[str]) -> Section:
+    rows = [[row["optuna_study"].rsplit(":", 1)[-1], str(row["number"]), value(row["batch"]),
+             *(value(row.get(k)) for k in keys), row["state"], row["outcome"], score(row["value"]),
              f"`{row['mlflow_run_id']}`"] for _, row in trials.iterrows()]
-    return _Section("Trials", [f"{len(trials)} trials; MLflow run ids link each to its child run.",
-                               _Table(["study hash", "trial", "paper batch", *keys, "state", "outcome", "value",
-                                       "MLflow run"], rows)], collapsed=True)
+    return Section("Trials", [f"{len(trials)} trials; MLflow run ids link each to its child run.",
+                              Table(["study hash", "trial", "paper batch", *keys, "state", "outcome", "value",
+                                     "MLflow run"], rows)], collapsed=True)

@@ -6,8 +6,8 @@ t-interval is wide and leans on normality; :func:`bootstrap_ci` gives a percenti
 bootstrap for comparison (reported beside the t-interval where n < 5), never in place
 of it.
 
-Diverged runs are results (DESIGN.md, "Tracking"): their accuracy is used as recorded
-(usually chance level, since the run stopped at the first non-finite loss), so a
+Diverged runs are results (a run whose loss turns non-finite stops and is recorded FINISHED
+with outcome ``diverged``): their accuracy is used as recorded (usually chance level), so a
 divergence pulls a mean down instead of silently leaving it. They are counted in
 ``n_diverged`` and flagged in every table. A diverged run with no recorded value for the
 metric cannot enter a mean; it is still counted in ``n_diverged``.
@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats  # a dependency of scikit-learn and mlflow
 
-DIVERGED = "diverged"
+from study.record.tags import DIVERGED
+
+
+def missing(value) -> bool:
+    """Whether a param or metric value is absent: None or NaN (AGC off is ``agc.clipping`` None)."""
+    return value is None or (isinstance(value, (float, np.floating)) and value != value)
 
 
 def _finite(values) -> np.ndarray:
@@ -107,7 +112,7 @@ def group_rows(frame: pd.DataFrame, columns):
 
 def sort_key(value):
     """An order for mixed parameter values: None first, then numbers, then strings."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if missing(value):
         return (0, 0.0, "")
     if isinstance(value, (bool, int, float, np.number)):
         return (1, float(value), "")
@@ -202,14 +207,3 @@ def paired_delta(
                          float(pd.to_numeric(group_pairs[f"{metric}_base"]).mean())])
     return pd.DataFrame(rows, columns=columns)
 
-
-def format_ci(mean: float, low: float, high: float, n: int, *, scale: float = 1.0,
-              digits: int = 3, signed: bool = False) -> str:
-    """``mean [low, high]`` scaled (e.g. ×100 for points), or ``mean (n=1, no CI)``."""
-    if n == 0:
-        return "no data"
-    sign = "+" if signed else ""
-    text = f"{mean * scale:{sign}.{digits}f}"
-    if low != low:
-        return f"{text} (n={n}, no CI)"
-    return f"{text} [{low * scale:{sign}.{digits}f}, {high * scale:{sign}.{digits}f}]"

@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 
 import torch
 
+from analysis.formats import format_ci
 from analysis.runs import load_runs, results
-from analysis.stats import format_ci, summarise
+from analysis.stats import summarise
 from study import paths
 from study.config.expand import parse_overrides, plan
 from study.config.study_file import list_studies, load_study

@@ -33,11 +33,12 @@ def artifact_root() -> str:
 
 
 def optuna_storage(explicit: str | None = None) -> str:
-    """The Optuna storage URL: ``explicit``, else ``$NFSTUDY_STORAGE``, else SQLite under home."""
-    if explicit:
-        return explicit
-    if os.environ.get("NFSTUDY_STORAGE"):
-        return os.environ["NFSTUDY_STORAGE"]
+    """The searches' Optuna storage URL: ``explicit`` (``--search-storage``), else
+    ``$NFSTUDY_SEARCH_STORAGE``, else ``$NFSTUDY_STORAGE`` (the queue's, which can hold
+    searches too), else SQLite under home."""
+    for url in (explicit, os.environ.get("NFSTUDY_SEARCH_STORAGE"), os.environ.get("NFSTUDY_STORAGE")):
+        if url:
+            return url
     return f"sqlite:///{home() / 'optuna.db'}"
 
 

@@ -1,5 +1,5 @@
 """DDP with torchrun (gloo, 2 CPU processes) equals one process on the same global batch:
-the loss, the AGC-clipped gradient (clipped after the all-reduce, PAPER.md §4) and a whole
+the loss, the AGC-clipped gradient (clipped after the all-reduce, Brock et al. 2021 §4) and a whole
 short run. Run as a script under torchrun, this file is the per-rank side of the one-step
 probe: ``python -m torch.distributed.run --nproc-per-node 2 tests/test_distributed.py OUT``."""
 
@@ -36,11 +36,12 @@ def one_step(out: Path) -> None:
     from study.optim.agc import AGC, agc_parameters
 
     here = world()
-    config = make_config(OVERRIDES)
+    # Class-index targets, as before the loaders learned to mix (MixUp is not what this probes).
+    config = make_config({**OVERRIDES, "data.mixup": False})
     data = build_data(config.data, config.real_batch_size, torch.device("cpu"), config.seed)
     torch.manual_seed(0)  # rank 0's initial weights are broadcast by DDP
     model = build_model(config.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        dropout=0.0, stochastic_depth=0.0)
+                        dropout=0.0, stochastic_depth=0.0, classifier_init_std=0.0)
     with torch.no_grad():  # fill the zero-initialised classifier and skip gains, so every
         for p in model.parameters():  # layer gets a gradient for AGC to clip
             if not p.any():

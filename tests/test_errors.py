@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (issue 9): each one is answered by the real CLI with ONE line
+"""The catalogue of bad inputs: each one is answered by the real CLI with ONE line
 on stderr that names the problem and what is allowed, exit code 2, no traceback, and
 nothing written (no MLflow database, no run, no queue) under $NFSTUDY_HOME.
 
@@ -59,7 +59,8 @@ def cli(capsys, *args: str) -> tuple[int, str]:
 
 # (id, extra files {name: text}, argv, substrings the one line must contain)
 CASES = [
-    ("unknown-study", {}, ["run", "tnyi"], ["unknown study 'tnyi'", "did you mean 'tiny'", "registered: tiny"]),
+    ("unknown-study", {}, ["run", "tnyi"], ["unknown study 'tnyi'", "did you mean 'tiny'", "registered: agc-lambda",
+                                            ", tiny, "]),
     ("unknown-key", {}, ["run", "tiny", "--set", "agc.clipin=0.1"],
      ["unknown key 'agc.clipin'", "did you mean 'agc.clipping'"]),
     ("wrong-type", {}, ["run", "tiny", "--set", "data.batch_size=abc"], ["data.batch_size", "valid integer", "'abc'"]),
@@ -72,7 +73,8 @@ CASES = [
     ("unknown-model", {}, ["run", "tiny", "--set", "model.name=nfnet_f9"],
      ["unknown model 'nfnet_f9'", "did you mean 'nfnet_f6'", "registered:"]),
     ("unknown-dataset", {}, ["run", "tiny", "--set", "data.name=mnist"], ["data.name", "'digits'", "'mnist'"]),
-    ("unknown-preset", {}, ["run", "tiny", "--preset", "huge"], ["unknown preset 'huge'", "available: smoke"]),
+    ("unknown-preset", {}, ["run", "tiny", "--preset", "huge"],
+     ["unknown preset 'huge'", "available: cifar10, digits, imagenet, nfnet, smoke"]),
     ("unknown-agc-mode", {}, ["run", "tiny", "--set", "agc.mode=row"], ["agc.mode", "'unit' or 'layer'", "'row'"]),
     ("unknown-sam-mode", {}, ["run", "tiny", "--set", "sam.mode=half"],
      ["sam.mode", "'off', 'full' or 'fraction'", "'half'"]),
@@ -98,6 +100,25 @@ CASES = [
     ("workers-0", {}, ["run", "tiny", "--workers", "0"], ["--workers", "greater than or equal to 1"]),
     ("workers-not-integer", {}, ["run", "tiny", "--workers", "two"], ["--workers", "valid integer"]),
     ("unknown-option", {}, ["run", "tiny", "--wrokers", "2"], ["No such option: --wrokers"]),
+    ("study-not-utf8", {"l.yaml": "name: l\ndescription: caf\xe9\n".encode("latin-1")}, ["run", "{dir}/l.yaml"],
+     ["l.yaml: not UTF-8 text (byte 0xe9 at offset 24)", "save the file as UTF-8"]),
+    ("unknown-metric", {"m.yaml": "name: m\nmetric: val/acc\n"}, ["run", "{dir}/m.yaml"],
+     ["metric: unknown metric 'val/acc'; recorded: train/loss"]),
+    ("unknown-figure-metric", {"f.yaml": "name: f\nfigures:\n  - {x: arm, y: test/accuracy}\n"},
+     ["run", "{dir}/f.yaml", "--dry-run"], ["figures.0: y: unknown metric 'test/accuracy'; recorded: train/loss"]),
+    ("set-on-an-arm-key", {"a.yaml": "name: a\narms:\n  off: {sam.mode: off}\n  full: {sam.mode: full}\n"},
+     ["run", "{dir}/a.yaml", "--set", "sam.mode=fraction"],
+     ["--set sam.mode: the arms of a set it (off: 'off', full: 'full')", "copy of the study file"]),
+    ("both-stale-policies", {}, ["run", "tiny", "--reuse-stale", "--rerun-stale"],
+     ["--reuse-stale and --rerun-stale exclude each other"]),
+    ("dry-run-cifar-without-root", {}, ["run", "tiny", "--dry-run", "--set", "data.name=cifar10"],
+     ["data.root is not set for data.name=cifar10"]),
+    ("dry-run-root-is-a-file", {"plain.txt": "not a data set"},
+     ["run", "tiny", "--dry-run", "--set", "data.name=cifar10", "--set", "data.root={dir}/plain.txt"],
+     ["data.root", "plain.txt"]),
+    ("show-config-out-of-range", {}, ["show", "tiny", "--config", "7"], ["--config 7: no such run", "0…0"]),
+    ("search-storage-twice", {}, ["search", "tiny", "--storage", "a.db", "--search-storage", "b.db"],
+     ["give --search-storage only"]),
 ]
 
 
@@ -105,7 +126,7 @@ CASES = [
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, argv, expected, experiments, tmp_path,
                                                          nfstudy_home, capsys):
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     code, err = cli(capsys, *(a.replace("{dir}", str(tmp_path)) for a in argv))
     assert_one_line_error(code, err, nfstudy_home, *expected)
 

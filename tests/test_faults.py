@@ -147,7 +147,7 @@ def test_kill_9_of_the_coordinator_then_run_again(study_file, nfstudy_home):
 
 @pytest.mark.slow
 def test_grid_of_24_survives_two_random_kill_9s(study_file, nfstudy_home):
-    """Issue 7's bar: 24 digits runs, --workers 2, two kill -9s at random points."""
+    """The bar: 24 digits runs, --workers 2, two kill -9s at random points."""
     path = grid_study(study_file, "two-kills", clippings=12)
     rng = random.Random(7)
     coordinator = start("run", str(path), "--workers", "2")
@@ -208,8 +208,12 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(study_file, nfstudy_home,
 def test_a_run_that_raises_is_failed_and_retried_by_the_next_run(study_file, nfstudy_home, tmp_path):
     from study.cli import main
 
-    empty = tmp_path / "empty-cifar"  # exists (passes validation), holds no data: train raises
-    empty.mkdir()
+    empty = tmp_path / "torn-cifar"  # the files preflight looks for, torn: reading them in train raises
+    batches = empty / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"):
+        (batches / name).write_bytes(b"torn")
     path = study_file(f"name: raises\nbase: presets/smoke.yaml\narms:\n  ok: {{}}\n"
                       f"  broken: {{data.name: cifar10, data.root: '{empty}'}}\nseeds: [0]\n")
     assert main(["run", str(path)]) == 1

@@ -87,7 +87,6 @@ def test_cycle_detection_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.xfail(reason="analysis/search_report.py still imports study.run.search", strict=False)
 def test_analysis_reads_records_not_the_framework():
     graph = _graph()
     stray = {f"{module} -> {dep}" for module, deps in graph.items() if module.startswith("analysis")
@@ -100,7 +99,6 @@ def test_tags_module_imports_nothing():
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
-@pytest.mark.xfail(reason="docstrings still cite the design notes; being rewritten to cite the paper", strict=False)
 @pytest.mark.parametrize("pattern", [r"PAPER\.md", r"DESIGN\.md", r"STYLE\.md", r"\.\./shared", r"\bissue \d+\b"])
 def test_no_file_points_outside_the_repository(pattern):
     files = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.yaml", "*.toml", ".ci/run"], cwd=ROOT,

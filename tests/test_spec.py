@@ -78,3 +78,69 @@ def test_study_spec_rejects_extra_keys_and_empty_axes():
         StudySpec.model_validate({"name": "x", "grid": {"agc.clipping": []}})
     with pytest.raises(ConfigError, match="did you mean 'agc.clipping'"):
         StudySpec.model_validate({"name": "x", "grid": {"agc.clip": [0.1]}})
+
+
+# -- YAML 1.1 traps: off/on/yes/no where a string is expected ---------------------------------
+
+def test_off_is_a_string_in_study_files_and_set_values(study_file):
+    from study.config.expand import parse_overrides, plan
+    from study.config.study_file import load_study
+
+    spec = load_study(study_file("name: s\nbase: presets/smoke.yaml\nseeds: [0]\n"
+                                 "arms:\n  off: {sam.mode: off}\n  on: {sam.mode: full}\n"))
+    assert list(spec.arms) == ["off", "on"]
+    assert [run.config.sam.mode for run in plan(spec)] == ["off", "full"]
+    assert parse_overrides(["sam.mode=off", "data.flip=yes", "optim.lr=1e-3", "train.steps=010"]) == {
+        "sam.mode": "off", "data.flip": "yes", "optim.lr": 0.001, "train.steps": 10}
+    assert make_config(parse_overrides(["data.flip=yes"])).data.flip is True  # a boolean key still reads yes/no
+
+
+def test_a_study_file_that_is_not_utf8_is_one_line(tmp_path):
+    from study.config.study_file import load_study
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: x\ndescription: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 24\)"):
+        load_study(path)
+
+
+# -- names the report reads are checked when the study is read -------------------------------
+
+@pytest.mark.parametrize("study, fragment", [
+    ({"metric": "val/acc"}, "metric: unknown metric 'val/acc'; recorded: train/loss, val/loss, val/top1"),
+    ({"figures": [{"x": "arm", "y": "test/accuracy"}]}, "y: unknown metric 'test/accuracy'"),
+    ({"figures": [{"x": "agc.clip", "y": "test/top1"}]}, "x: unknown column 'agc.clip' (did you mean 'agc.clipping'?)"),
+    ({"figures": [{"x": "arm", "hue": "batch_size"}]}, "hue: unknown column 'batch_size'"),
+    ({"nuisance": ["seeds"]}, "nuisance: unknown column 'seeds' (did you mean 'seed'?)"),
+    ({"figures": [{"x": "arm", "style": "arm"}]}, "unknown field 'figures.0.style'"),
+])
+def test_names_the_report_reads_are_checked_at_load_time(study, fragment):
+    from study.config.describe import describe
+
+    with pytest.raises(Exception) as info:
+        StudySpec.model_validate({"name": "x", **study})
+    message = describe(info.value, StudySpec) if hasattr(info.value, "errors") else str(info.value)
+    assert fragment in message
+
+
+def test_every_registered_figure_and_metric_is_a_recorded_name():
+    from study.config.study_file import list_studies, load_study
+    from study.record.tags import METRICS
+
+    for name in list_studies():
+        spec = load_study(name)
+        assert spec.metric in METRICS and all(f.y in METRICS for f in spec.figures), name
+
+
+def test_a_study_without_seeds_warns_naming_the_consequence():
+    assert StudySpec.model_validate({"name": "x", "seeds": [0]}).warnings == []
+    (warning,) = StudySpec.model_validate({"name": "x"}).warnings
+    assert "seed 0 only" in warning and "no interval over seeds" in warning and "seeds: [0, 1, 2]" in warning
+
+
+# -- data.id: the data set's identity --------------------------------------------------------
+
+def test_data_id_is_hash_neutral_when_unset_and_hashed_when_set():
+    assert make_config({"data.id": None}).config_hash() == make_config({}).config_hash()
+    assert make_config({"data.id": "imagenet-2012"}).config_hash() != make_config({}).config_hash()
+    assert make_config({"data.root": "/a"}).config_hash() == make_config({"data.root": "/b"}).config_hash()

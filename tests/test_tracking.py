@@ -79,33 +79,27 @@ def test_another_study_reuses_a_finished_config(study_file, capsys):
 
 
 def test_report_all_writes_every_report_and_an_index(study_file, capsys, monkeypatch):
-    import shutil
-
-    from study.config.study_file import experiments_dir
-
     path = study_file(STUDY)
-    shutil.copytree(experiments_dir() / "presets", path.parent / "presets")
     monkeypatch.setenv("NFSTUDY_EXPERIMENTS", str(path.parent))
     assert main(["run", "tiny"]) == 0
     assert main(["report", "--all"]) == 0
+    assert "studies without runs left out" in capsys.readouterr().out  # the built-in studies
     reports = paths.home() / "reports"
     assert (reports / "tiny" / "report.html").is_file() and (reports / "tiny" / "report.md").is_file()
     assert "tiny" in (reports / "index.html").read_text()
+    assert sorted(p.name for p in reports.iterdir() if p.is_dir()) == ["tiny"]
 
 
 def test_a_report_of_another_scale_goes_to_its_own_folder(study_file, capsys, monkeypatch):
     """``--preset``/``--set`` select other runs of the same study: their report must not
     overwrite the base scale's (nor its MLflow artifact)."""
-    import shutil
-
-    from study.config.study_file import experiments_dir
-
     path = study_file(STUDY)
-    shutil.copytree(experiments_dir() / "presets", path.parent / "presets")
     monkeypatch.setenv("NFSTUDY_EXPERIMENTS", str(path.parent))
     assert main(["run", "tiny"]) == 0
     assert main(["run", "tiny", "--set", "train.steps=2"]) == 0
+    capsys.readouterr()
     assert main(["report", "tiny"]) == 0
+    assert "8 finished runs belong to no preset (made with --set)" in capsys.readouterr().out
     assert main(["report", "--all", "--set", "train.steps=2"]) == 0
     reports = paths.home() / "reports"
     base, other = reports / "tiny" / "report.md", reports / "tiny" / "train.steps=2" / "report.md"
@@ -115,3 +109,90 @@ def test_a_report_of_another_scale_goes_to_its_own_folder(study_file, capsys, mo
     parent = client.get_run(_children(client, "tiny")[0].data.tags["mlflow.parentRunId"]).info.run_id
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/report.md", "report/train.steps=2"} <= logged
+
+
+def test_with_no_preset_a_report_covers_every_scale_that_has_runs(study_file, capsys):
+    """``run --preset smoke`` then ``report NAME``: the smoke runs are found and reported in
+    their own folder, and the Regenerate line names the study as the user did."""
+    path = str(study_file(STUDY.replace("presets/smoke.yaml", "presets/digits.yaml")))
+    assert main(["run", path, "--preset", "smoke"]) == 0
+    capsys.readouterr()
+    assert main(["report", path]) == 0
+    out = capsys.readouterr().out
+    assert "runs at 1 scale(s): preset smoke (8 of 8)" in out
+    spec_key = next(p.name for p in (paths.home() / "reports").iterdir())
+    markdown = (paths.home() / "reports" / spec_key / "preset-smoke" / "report.md").read_text()
+    assert "No runs yet" not in markdown
+    assert f"Regenerate: `nfstudy report {path} --preset smoke`" in markdown
+
+
+def test_parent_run_holds_the_study_and_children_the_resolved_model(study_file, capsys):
+    import json
+
+    path = study_file(STUDY)
+    assert main(["run", str(path)]) == 0
+    client = MlflowClient(paths.tracking_uri())
+    experiment = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`nfstudy.role` = 'parent'")
+    assert parent.data.params["study.base"] == "presets/smoke.yaml"
+    assert json.loads(parent.data.params["study.grid"]) == {"agc.clipping": [None, 0.04]}
+    assert json.loads(parent.data.params["study.arms"]) == ["nf", "bn"]
+    study_text = client.download_artifacts(parent.info.run_id, "study/study.yaml")
+    assert open(study_text).read() == STUDY
+    plan = json.load(open(client.download_artifacts(parent.info.run_id, "study/plan.json")))
+    assert len(plan) == 8 and {row["config_hash"] for row in plan} == {
+        r.data.tags["nfstudy.config_hash"] for r in _children(client, "tiny")}
+    for run in _children(client, "tiny"):
+        twin = "bn_resnet_small" if run.data.params["model.norm"] == "bn" else "nf_resnet_small"
+        assert run.data.params["model.name"] == "nf_resnet_small"
+        assert run.data.params["model.resolved_name"] == twin
+        assert len(run.data.tags["nfstudy.code"]) == 16 and run.data.tags["nfstudy.git_dirty"] in (
+            "true", "false", "unknown")
+
+
+def test_preset_smoke_caps_the_steps_a_study_fixes(study_file, capsys):
+    long = "name: long\nbase: presets/digits.yaml\nfixed: {train.steps: 50}\nseeds: [0]\n"
+    assert main(["run", str(study_file(long)), "--preset", "smoke"]) == 0
+    assert "caps train.steps at 4 (the study asks 50" in capsys.readouterr().out
+    (run,) = _children(MlflowClient(paths.tracking_uri()), "long")
+    assert run.data.metrics["steps"] == 4
+
+
+def test_dry_run_predicts_copies_and_the_run_does_them(study_file, capsys):
+    assert main(["run", str(study_file(STUDY))]) == 0
+    other = str(study_file(STUDY.replace("name: tiny", "name: other").replace("[null, 0.04]", "[0.04, 0.08]"),
+                           "other.yaml"))
+    capsys.readouterr()
+    assert main(["run", other, "--dry-run"]) == 0
+    predicted = capsys.readouterr().out
+    assert "other: 8 runs, 0 done, 4 copied from other studies, 4 to run (dry run)" in predicted
+    assert MlflowClient(paths.tracking_uri()).get_experiment_by_name("other") is None  # nothing written
+    assert main(["run", other]) == 0
+    assert "other: 0 done, 4 copied from other studies, 4 to run, 1 worker(s)" in capsys.readouterr().out
+
+
+def test_load_runs_finds_nfstudys_runs_from_any_directory(study_file, tmp_path, monkeypatch, capsys):
+    """The README's snippet: ``load_runs("tiny")`` with no URI reads $NFSTUDY_HOME's store,
+    wherever Python runs, and never creates MLflow's ./mlflow.db."""
+    from analysis.runs import load_runs
+
+    assert main(["run", str(study_file(STUDY))]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert len(load_runs("tiny")) == 8
+    monkeypatch.delenv("NFSTUDY_HOME")  # ./.nfstudy, which does not exist here
+    assert load_runs("tiny").empty
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_deleted_run_is_trained_again(study_file, capsys):
+    """The README's way to force a re-run of a fresh run: delete it in MLflow."""
+    path = str(study_file(STUDY))
+    assert main(["run", path]) == 0
+    client = MlflowClient(paths.tracking_uri())
+    client.delete_run(_children(client, "tiny")[0].info.run_id)
+    capsys.readouterr()
+    assert main(["run", path]) == 0
+    assert "tiny: 7 done, 1 to run" in capsys.readouterr().out
+    assert len(_children(client, "tiny")) == 8

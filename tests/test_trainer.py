@@ -2,6 +2,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from study.config.run_config import make_config
 from study.config.study_file import load_preset
@@ -53,6 +54,26 @@ def test_same_seed_same_result_and_seed_changes_it():
     c = train(_smoke(**{"train.steps": 5, "seed": 1}))
     assert a["train/loss"] == b["train/loss"]
     assert a["train/loss"] != c["train/loss"]
+
+
+#: ``train/loss`` of the smoke preset (4 steps of real batch 32, digits 8×8) on a CPU with one
+#: thread, by classifier init: 0.0 computed on the code before ``model.classifier_init_std``
+#: existed (the small nets' zero classifier), 0.01 on the code that added it. Like torchtune's
+#: recipe tests, a pin catches a quiet change of numerics (init, data order, schedule, loss):
+#: momentum 0.89 instead of 0.9 moves it by 1.6e-4, fifteen times the tolerance.
+SMOKE_LOSS = {0.0: 2.249305248260498, 0.01: 2.2544803619384766}
+
+
+@pytest.mark.parametrize("std", sorted(SMOKE_LOSS))
+def test_smoke_loss_after_4_steps_is_pinned(std):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(_smoke(**{"train.device": "cpu", "model.classifier_init_std": std}))
+    finally:
+        torch.set_num_threads(threads)
+    assert result["steps"] == 4
+    assert result["train/loss"] == pytest.approx(SMOKE_LOSS[std], rel=1e-5)
 
 
 @pytest.mark.parametrize("sam_mode", ["full", "fraction"])

@@ -1,45 +1,6 @@
-"""``nfstudy bench``: what the framework costs, each figure against a baseline in the same run.
-
-DESIGN.md "Performance rules", issue 8. Every figure is a ratio of a candidate to its baseline,
-both measured in this process on the same model, data and batch, round-robin
-(:func:`interleaved`: every round calls each measurement once, starting one place later than
-the round before), and the median of each over the rounds. The training runs of all the step
-figures share one round-robin, so one baseline run serves every ratio against it. On a CPU the clock is this process's CPU time (all its
-threads), so other jobs on a shared machine do not inflate one side; on a GPU it is wall time
-with ``torch.cuda.synchronize`` around each call. Step times are read at each epoch's end
-through :func:`study.train.trainer.train`'s ``on_epoch`` (epochs after the first, so set-up and
-compilation are left out; each epoch's validation pass is in, and the bare loop runs the same
-pass). ``framework_cost_per_run`` is wall time: it is a latency.
-
-CPU figures (the default small net on digits, batch 128 at 16 px, as the digits preset):
-
-- ``trainer_overhead``: a step of :func:`~study.train.trainer.train` (tracking off) / a hand-written
-  PyTorch loop with the same model, optimizer, data loader and batch.
-- ``agc_vectorised_vs_loop``: :class:`~study.optim.agc.AGC` / timm's per-parameter loop
-  (``timm.utils.agc.adaptive_clip_grad``, re-typed here) on the model's parameters with fixed
-  gradients; ``agc_vectorised_vs_loop/nfnet_f0`` the same on NFNet-F0's 68M clipped values
-  (not ``--quick``), with ``agc_read_floor/nfnet_f0``: one read of every weight and gradient
-  against the loop, the least memory traffic an exact AGC needs. The issue's ≤ 0.25 target is
-  on the first (launch-bound); at F0's size a CPU clip is bound by memory bandwidth, and the
-  floor shows how close to it we are.
-- ``agc_step_overhead``, ``sam_fraction``, ``sam_full``: a training step with AGC (λ = 0.01),
-  SAM on 20% of the batch, full SAM / the same step without.
-- ``tracking_overhead``: a whole training run logging to MLflow (a SQLite store in a temp
-  directory) / the same run logging nowhere (the ``trainer_overhead`` runs).
-- ``framework_cost_per_run``: seconds from a study spec to a FINISHED MLflow child run of one
-  training step (plan, experiment and parent, child run with params, data, model, the step,
-  evaluation, final metrics) / a bare first step (data, model, optimizer, one step).
-- ``channels_last`` (not ``--quick``): steps with ``train.channels_last`` against NCHW;
-  ``compile`` (only with ``--compile``: a minute of compilation on a small CPU): steps with
-  ``train.compile`` against eager ones.
-
-CUDA figures (``--device cuda``): NFNet-F0 at 192 px in bf16 on random data: images/s of
-NHWC against NCHW, compiled against eager, the model FLOP utilisation (training FLOPs ≈ 6 ×
-MACs per image, against the GPU's dense bf16 peak), and, when timm is installed (extra
-``bench``), our NFNet-F0 against timm's ``dm_nfnet_f0`` in a bare loop with timm's AGC. Then
-the ``cifar10`` preset: ``cifar10_images_per_s`` (bf16 against fp32, FakeData of CIFAR's
-shape) and, with a local CIFAR-10 copy, ``cifar10_seconds_to_94``: seconds from the call to
-the first epoch at 94% validation top-1, against the whole run's seconds.
+"""``nfstudy bench``: what the framework costs, each figure a ratio against a baseline measured
+in the same run. How it measures, what each figure compares and the measured tables are in
+docs/BENCHMARKS.md; ``harness`` holds the measuring tools, ``cpu`` and ``gpu`` the figures.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def cifar_config(settings: Settings, root: str | None, **overrides: Any):
 
 def cifar_figures(settings: Settings, log: Callable[[str], None], root: str | None = None,
                   **overrides: Any) -> list[Result]:
-    """The CIFAR-10 NF-ResNet preset (issue 8): its throughput in bf16 against fp32 on
+    """The CIFAR-10 NF-ResNet preset: its throughput in bf16 against fp32 on
     FakeData of CIFAR's shape (images on the device either way), and, when a local copy of
     CIFAR-10 is at ``root`` (default: the preset's ``data.root``), the seconds from the call
     to the first epoch whose validation top-1 reaches 94%, against the whole run's seconds.

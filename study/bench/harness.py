@@ -15,7 +15,7 @@ import torch
 
 #: Dense bf16 peak of known GPUs, FLOP/s (vendor data sheets, without sparsity).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-#: Targets of issue 8 (ratios unless the unit says otherwise).
+#: Targets of the figures (ratios unless the unit says otherwise).
 TARGETS = {
     "trainer_overhead": 1.05,
     "agc_vectorised_vs_loop": 0.25,

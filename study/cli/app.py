@@ -7,8 +7,9 @@ Bad input of any kind prints one line naming the problem and exits 2; ``--debug`
 from __future__ import annotations
 
 import os
+import shlex
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import click
 import typer
@@ -16,16 +17,44 @@ from rich.console import Console
 from rich.table import Column, Table
 from typer.exceptions import TyperException
 
-from study.errors import NfstudyError
+from study.errors import ConfigError, NfstudyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow.")
-console = Console(soft_wrap=True)  # long lines (paths, URLs) stay whole, as print() leaves them
-err_console = Console(stderr=True, soft_wrap=True)
+# Plain text everywhere: names, paths and URLs hold '[' and ':' that rich would read as
+# markup or emoji codes. Long lines (paths, URLs) stay whole, as print() leaves them.
+console = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
 
-_SET_HELP = "Override a config key for every run, e.g. --set agc.clipping=0.02 (repeatable)."
-_STORAGE_HELP = ("Queue storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines, or a journal file "
-                 "path (default: $NFSTUDY_STORAGE, else $NFSTUDY_HOME/queue.journal).")
+# -- options shared by several commands: one definition each --------------------------------
+StudyArg = Annotated[str, typer.Argument(help="Study name or path to a study YAML file.")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", help="Run the study at another scale: swap its base preset (smoke, digits, cifar10, imagenet); "
+    "the preset's caps bound every run (smoke: 4 steps).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config key for every run, e.g. --set agc.clipping=0.02 (repeatable); on a grid key "
+    "it replaces the axis by that one value.")]
+TrackingOpt = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI, e.g. http://HOST:5000 (default: $MLFLOW_TRACKING_URI, else "
+    "$NFSTUDY_HOME/mlflow.db).")]
+QueueOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help="The run queue's storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines, or a "
+    "journal file path (default: $NFSTUDY_STORAGE, else $NFSTUDY_HOME/queue.journal).")]
+SearchStorageOpt = Annotated[Optional[str], typer.Option(
+    "--search-storage", help="The searches' storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines "
+    "(default: $NFSTUDY_SEARCH_STORAGE, else $NFSTUDY_STORAGE, else $NFSTUDY_HOME/optuna.db).")]
+OldStorageOpt = Annotated[Optional[str], typer.Option("--storage", hidden=True)]
+
+
+def _search_storage(command: str, storage: Optional[str], old: Optional[str]) -> Optional[str]:
+    """``--search-storage``, or the old spelling ``--storage`` (with a note: on run and
+    worker, ``--storage`` is the queue's)."""
+    if old is not None and storage is not None:
+        raise ConfigError(f"{command}: give --search-storage only (--storage is its old spelling)")
+    if old is not None:
+        err_console.print(f"note: on `nfstudy {command}`, --storage is now spelt --search-storage (the searches' "
+                          "Optuna storage; --storage names the run queue's on run and worker)")
+    return storage if storage is not None else old
 
 
 def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
@@ -36,104 +65,193 @@ def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
     return spec, plan(spec, preset=preset, overrides=parse_overrides(sets))
 
 
+def _notes(spec, runs, preset: Optional[str]) -> None:
+    """The study's warnings (stderr) and the caps a ``--preset`` applied (stdout)."""
+    for line in spec.warnings:
+        err_console.print(f"warning: {line}")
+    asked: dict[str, set] = {}
+    for run in runs:
+        for key, value in run.capped.items():
+            asked.setdefault(key, set()).add(str(value))
+    for key, values in asked.items():
+        cap = next(run.config.flat()[key] for run in runs if key in run.capped)
+        console.print(f"note: --preset {preset} caps {key} at {cap} "
+                      f"(the study asks {', '.join(sorted(values))}; --set {key}=N overrides)")
+
+
 @app.command("list")
 def list_cmd() -> None:
-    """Registered studies with their run counts."""
+    """The studies on the search path with their run counts (tab-separated when piped)."""
     from study.config.expand import plan
-    from study.config.study_file import list_studies, load_study
+    from study.config.study_file import hidden_studies, list_studies, load_study
 
-    table = Table()
-    for column in ("study", "runs", "paper"):
-        table.add_column(column, no_wrap=True, min_width=len(column))
-    table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=50)
+    rows = []
     for name in list_studies():
         spec = load_study(name)
-        table.add_row(name, str(len(plan(spec))), spec.paper or "", spec.description)
-    console.print(table)
+        rows.append((name, str(len(plan(spec))), spec.paper or "", " ".join(spec.description.split())))
+    _print_list(rows, console)
+    for hidden, by in hidden_studies().items():
+        err_console.print(f"note: {by} hides {hidden} (same name)")
+
+
+def _print_list(rows: list[tuple[str, ...]], out: Console) -> None:
+    """A table at a terminal; one tab-separated line per study otherwise (scripts read
+    whole names). Names, counts and papers are never cut: only descriptions are shortened to
+    fit, and a terminal too narrow even for that gets the lines too."""
+    headers = ("study", "runs", "paper", "description")
+    widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(3)]
+    room = out.width - sum(widths) - (3 * len(headers) + 1)  # borders and padding
+    if not out.is_terminal or room < 12:
+        for row in rows:  # not through rich, which would expand the tabs
+            out.file.write("\t".join(row) + "\n")
+        return
+    table = Table()
+    for header, width in zip(headers, [*widths, room]):
+        table.add_column(header, no_wrap=True, min_width=width, max_width=width)
+    for *fixed, description in rows:
+        table.add_row(*fixed, description if len(description) <= room else description[:room - 1] + "…")
+    out.print(table)
 
 
 @app.command()
 def show(
-    name: str = typer.Argument(..., help="Study name or path to a study YAML file."),
-    preset: Optional[str] = typer.Option(None, help="Swap the study's base preset."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+    name: StudyArg,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", help="Print one run's resolved config (its # in the table, or its config hash).")] = None,
 ) -> None:
-    """The expanded runs of a study (arm, grid values, seed, hash) and which are done."""
+    """The expanded runs of a study (arm, grid values, seed, hash) and what is recorded of them."""
+    from study import paths
+    from study.cli.preflight import check_tracking
+    from study.run.run_cache import open_tracking, survey
 
     spec, runs = _plan(name, preset, set_)
-    done = _finished(spec.name, tracking_uri)
+    if config is not None:
+        _print_config(runs, config)
+        return
+    uri = paths.tracking_uri(tracking_uri)
+    check_tracking(uri)  # a dead server is one line, not a traceback
+    found = survey(open_tracking(uri), spec.name, runs)
+    state = {**{h: "stale" for h in (*found.stale, *found.unknown)}, **{h: "copy" for h in found.copies},
+             **{h: "yes" for h in found.done}}
     table = Table("#", "arm", *spec.grid, "seed", "hash", "done", title=f"{spec.name}: {len(runs)} runs")
     for i, run in enumerate(runs):
         table.add_row(str(i), run.arm or "-", *(str(v) for v in run.point.values()), str(run.seed),
-                      run.config_hash, "yes" if run.config_hash in done else "")
+                      run.config_hash, state.get(run.config_hash, ""))
     console.print(table)
-    console.print(f"{sum(r.config_hash in done for r in runs)} done, "
-                  f"{sum(r.config_hash not in done for r in runs)} to run")
+    console.print(f"{found.summary()} (done: recorded by this code; copy: another study has it; stale: trained "
+                  "by other code)")
+    _notes(spec, runs, preset)
 
 
-def _finished(study: str, tracking_uri: Optional[str]) -> set[str]:
-    """Finished hashes, without creating anything when the store or study does not exist."""
-    from study import paths
-    from study.record.tracking import Tracking
+def _print_config(runs, which: str) -> None:
+    """One run's resolved config as YAML (``--config N`` or ``--config HASH``)."""
+    import yaml
 
-    uri = paths.tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not paths.Path(uri.removeprefix("sqlite:///")).exists():
-        return set()
-    tracking = Tracking(uri)
-    experiment = tracking.client.get_experiment_by_name(study)
-    return set(tracking.finished_hashes(experiment.experiment_id)) if experiment else set()
+    chosen = [run for i, run in enumerate(runs) if which in (str(i), run.config_hash)]
+    if not chosen:
+        raise ConfigError(f"--config {which}: no such run; give its # (0…{len(runs) - 1}) or config hash")
+    run = chosen[0]
+    console.print(f"# {run.name}  config hash {run.config_hash}")
+    console.print(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
 @app.command()
 def run(
-    name: str = typer.Argument(..., help="Study name or path to a study YAML file."),
-    preset: Optional[str] = typer.Option(None, help="Swap the study's base preset (smoke, digits, cifar10, imagenet)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs; train nothing."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes: one GPU each when there "
-                                "are GPUs, else an equal share of the CPU cores; 1 trains in this process."),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) per run: each run "
-                                       "becomes one torchrun DDP job; AGC clips the all-reduced gradient."),
+    name: StudyArg,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks and say what it "
+                                          "would do (train, copy, reuse); train and write nothing.")] = False,
+    tracking_uri: TrackingOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Local worker processes: one GPU each when there "
+                                         "are GPUs, else an equal share of the CPU cores; 1 trains in this "
+                                         "process.")] = 1,
+    storage: QueueOpt = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Processes (GPUs) per run: each "
+                                                "run becomes one torchrun DDP job; AGC clips the all-reduced "
+                                                "gradient.")] = 1,
+    reuse_stale: Annotated[bool, typer.Option("--reuse-stale", help="Count runs trained by other code (stale) as "
+                                              "done, and copy stale runs of other studies.")] = False,
+    rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="Train stale runs again (the old ones stay in "
+                                              "MLflow, tagged nfstudy.role=superseded).")] = False,
 ) -> None:
     """Run what is not finished yet of a study; finished configs are never trained again.
 
     The configs go into the study's queue (Optuna storage); local workers and any
     `nfstudy worker` on other machines train them. Ctrl-C stops cleanly (exit 130)."""
+    from study import paths
     from study.cli.progress import RunProgress
+    from study.record.study_parent import record_study
     from study.record.tracking import Tracking
     from study.run.coordinator import execute
+    from study.run.run_cache import Stale, open_tracking, survey
 
+    if reuse_stale and rerun_stale:
+        raise ConfigError("--reuse-stale and --rerun-stale exclude each other: keep stale runs, or train them again")
+    policy = Stale.REUSE if reuse_stale else Stale.RERUN if rerun_stale else Stale.STOP
     spec, runs = _plan(name, preset, set_)
-    if dry_run:
-        done = _finished(spec.name, tracking_uri)
-        todo = [r for r in runs if r.config_hash not in done]
-        console.print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run (dry run)")
-        for r in todo:
-            console.print(f"  {r.config_hash}  {r.name}")
-        return
     _preflight(runs, tracking_uri, storage)
+    found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs, policy)
+    if dry_run:
+        _print_dry_run(spec, runs, found)
+        _notes(spec, runs, preset)
+        return
+    found.check(spec.name)
+    _notes(spec, runs, preset)
     tracking = Tracking(tracking_uri)
     _sync_spool(tracking)
+    scale = paths.scale_name(preset, set_)
     with RunProgress(console, spec.name, len(runs), workers) as progress:
-        summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=progress.on_prepared,
+        def prepared(ready) -> None:
+            try:
+                record_study(tracking, ready.parent_id, spec, runs, scale)
+            except Exception as err:  # noqa: BLE001 - the runs matter more than their summary
+                err_console.print(f"warning: the study file and plan were not logged on the parent run: {err}")
+            progress.on_prepared(ready)
+
+        summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=prepared,
                           on_progress=progress.on_progress, on_event=progress.on_event, on_epoch=progress.on_epoch,
-                          nproc_per_node=nproc_per_node)
+                          nproc_per_node=nproc_per_node, stale=policy)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
                   + (f"{len(summary.failed)} not finished (interrupted; the next run resumes)" if summary.interrupted
                      else f"{len(summary.failed)} failed") + f", {summary.done_before} were already done")
     if summary.interrupted:
         raise KeyboardInterrupt
     for line in summary.failed:
-        err_console.print(f"failed: {line}", markup=False)
+        err_console.print(f"failed: {line}")
     if summary.failed:
         raise typer.Exit(1)
 
 
+def _print_dry_run(spec, runs, found) -> None:
+    """What ``nfstudy run`` would do, from the same survey it acts on."""
+    from study.run.run_cache import Stale, StaleRunsError
+
+    console.print(f"{spec.name}: {len(runs)} runs, {found.summary()} (dry run)")
+    by_hash = {run.config_hash: run for run in runs}
+    stale = {**found.stale, **found.unknown}
+    kept = found.kept
+    groups = [("to run", [h for h in by_hash if h not in kept and h not in found.copies and h not in stale]),
+              ("copied from other studies", list(found.copies)),
+              ("stale, " + {Stale.REUSE: "reused", Stale.RERUN: "superseded, then trained again or copied",
+                            Stale.STOP: "trained by other code"}[found.policy], list(stale))]
+    for title, hashes in groups:
+        if hashes:
+            console.print(f"  {title}:")
+            for config_hash in hashes:
+                console.print(f"    {config_hash}  {by_hash[config_hash].name}")
+    try:
+        found.check(spec.name)
+    except StaleRunsError as err:
+        console.print(f"a real run would stop here: {err}")
+
+
 def _preflight(runs, tracking_uri: Optional[str], storage: Optional[str]) -> None:
-    """Data directories, tracking store and queue storage: checked before anything is written."""
+    """Data directories, tracking store and queue storage: checked before anything is
+    written, by a real run and a dry run alike."""
     from study import paths
     from study.cli import preflight
     from study.run.queue import storage_url
@@ -148,15 +266,12 @@ def _sync_spool(tracking) -> None:
     from study.record import spool
 
     if spool.pending():
-        summary = spool.sync(tracking, on_run=lambda line: console.print(f"sync: {line}", markup=False))
-        console.print(f"sync: {summary.uploaded} spooled runs uploaded, {summary.duplicates} duplicates dropped",
-                      markup=False)
+        summary = spool.sync(tracking, on_run=lambda line: console.print(f"sync: {line}"))
+        console.print(f"sync: {summary.uploaded} spooled runs uploaded, {summary.duplicates} duplicates dropped")
 
 
 @app.command()
-def sync(
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
-) -> None:
+def sync(tracking_uri: TrackingOpt = None) -> None:
     """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
     unreachable. Idempotent: a config already FINISHED is not recorded twice."""
     from study import paths
@@ -165,7 +280,7 @@ def sync(
     from study.record.tracking import Tracking
 
     if not spool.pending():
-        console.print("sync: nothing spooled", markup=False)
+        console.print("sync: nothing spooled")
         return
     preflight.check_tracking(paths.tracking_uri(tracking_uri))
     _sync_spool(Tracking(tracking_uri))
@@ -173,40 +288,45 @@ def sync(
 
 @app.command()
 def ui(
-    port: int = typer.Option(5000, help="Port of the MLflow UI."),
-    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1). Anything else "
-                                       "opens the UI, which has no login, to the network."),
-    optuna: bool = typer.Option(False, "--optuna", help="Also start optuna-dashboard on the Optuna storage."),
-    optuna_port: Optional[int] = typer.Option(None, help="Port of optuna-dashboard (default: --port + 1)."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage of searches (default: $NFSTUDY_HOME/optuna.db)."),
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (default 127.0.0.1). Anything else opens "
+                                                "the UI, which has no login, to the network.")] = None,
+    optuna: Annotated[bool, typer.Option("--optuna", help="Also start optuna-dashboard on the searches' "
+                                         "storage.")] = False,
+    optuna_port: Annotated[Optional[int], typer.Option(help="Port of optuna-dashboard (default: --port + 1).")] = None,
+    tracking_uri: TrackingOpt = None,
+    search_storage: SearchStorageOpt = None,
+    old_storage: OldStorageOpt = None,
 ) -> None:
     """MLflow UI on the same tracking database and artifacts as `run` (127.0.0.1); Ctrl-C stops."""
     from study import paths
     from study.cli.ui import LOOPBACK, serve
 
+    storage = _search_storage("ui", search_storage, old_storage)
     if host is not None and host not in LOOPBACK:
         err_console.print(f"warning: --host {host} makes the UI reachable from the network; "
-                          "MLflow has no login: anyone who reaches it can read and delete runs",
-                          markup=False, highlight=False, soft_wrap=True)
+                          "MLflow has no login: anyone who reaches it can read and delete runs")
     code = serve(paths.tracking_uri(tracking_uri), host or "127.0.0.1", port,
-                 paths.optuna_storage(storage) if optuna else None, optuna_port or port + 1,
-                 lambda line: console.print(line, markup=False, highlight=False))
+                 paths.optuna_storage(storage) if optuna else None, optuna_port or port + 1, console.print)
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
 def worker(
-    study: str = typer.Option(..., "--study", help="The study whose queue to join (its name; no study file needed)."),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://HOST:5000 "
-                                               "(default: $NFSTUDY_HOME/mlflow.db)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes on this machine: one GPU each when "
-                                "there are GPUs, else an equal share of the CPU cores; 1 trains in this process."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes (GPUs) per run (torchrun DDP)."),
-    parent_pid: Optional[int] = typer.Option(None, hidden=True, help="Stop when this process (a local coordinator) dies."),
-    plan: Optional[str] = typer.Option(None, hidden=True, help="Train only this plan's configs (a local coordinator's)."),
+    study: Annotated[str, typer.Option("--study", help="The study whose queue to join (its name; no study file "
+                                       "needed).")],
+    storage: QueueOpt = None,
+    tracking_uri: TrackingOpt = None,
+    parent_pid: Annotated[Optional[int], typer.Option(hidden=True, help="Stop when this process (a local "
+                                                      "coordinator) dies.")] = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Processes (GPUs) per run "
+                                                "(torchrun DDP).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine: one GPU each "
+                                         "when there are GPUs, else an equal share of the CPU cores; 1 trains in "
+                                         "this process.")] = 1,
+    plan: Annotated[Optional[str], typer.Option(hidden=True, help="Train only this plan's configs (a local "
+                                                "coordinator's).")] = None,
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
@@ -229,18 +349,17 @@ def worker(
     tracking = Tracking(tracking_uri)
     me = f"worker {socket.gethostname()}:{os.getpid()}"
     if workers > 1:
-        console.print(f"{me}: {workers} worker processes (logs: $NFSTUDY_HOME/logs/{study}/)", markup=False,
-                      highlight=False)
+        console.print(f"{me}: {workers} worker processes (logs: $NFSTUDY_HOME/logs/{study}/)")
         if run_local_workers(queue, tracking, workers, nproc_per_node):
             raise KeyboardInterrupt
-        console.print(f"{me}: queue empty", markup=False, highlight=False)
+        console.print(f"{me}: queue empty")
         return
 
     def on_event(event, job, result):
         detail = ""
         if event == "finished":
             detail = f" {result['outcome']} val/top1 {result['val/top1']:.3f}"
-        console.print(f"{me}: {event} {job.run_name} [{job.config_hash}]{detail}", markup=False, highlight=False)
+        console.print(f"{me}: {event} {job.run_name} [{job.config_hash}]{detail}")
 
     summary = run_worker(queue, tracking, hashes=queue.plan_hashes(plan) if plan else None, parent_pid=parent_pid,
                          on_event=on_event, nproc_per_node=nproc_per_node)
@@ -248,52 +367,54 @@ def worker(
     console.print(f"{me}: {'interrupted' if summary.interrupted else 'queue empty'}; {summary.completed} completed, "
                   f"{summary.diverged} diverged, {len(summary.failed)} failed, {summary.skipped} skipped (done "
                   f"elsewhere), {summary.recovered} lost runs recovered; per run: queue {queue_ms:.1f} ms, "
-                  f"MLflow checks {check_ms:.1f} ms", markup=False, highlight=False)
+                  f"MLflow checks {check_ms:.1f} ms")
     if summary.interrupted:
         raise KeyboardInterrupt
 
 
 @app.command()
 def search(
-    name: str = typer.Argument(..., help="Study name or path to a study YAML file with a 'search:' section."),
-    trials: int = typer.Option(20, "--trials", min=1, help="Trials to add to the search."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: $NFSTUDY_STORAGE, else "
-                                          "$NFSTUDY_HOME/optuna.db; postgresql://… for many machines)."),
-    preset: Optional[str] = typer.Option(None, help="Swap the study's base preset (smoke, digits, cifar10, imagenet)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP + " A searched key set here is pinned."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
+    name: Annotated[str, typer.Argument(help="Study name or path to a study YAML file with a 'search:' section.")],
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to add to the search.")] = 20,
+    search_storage: SearchStorageOpt = None,
+    old_storage: OldStorageOpt = None,
+    preset: PresetOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config key of every trial, e.g. --set data.batch_size=4096 (repeatable); a "
+        "searched key set here is pinned.")] = None,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Optuna search over the study's 'search:' space; running it again adds trials to the same study."""
     import statistics
 
     import optuna
 
+    from study import paths
+    from study.cli import preflight
     from study.config.expand import parse_overrides
     from study.config.study_file import load_study
     from study.record.tracking import Tracking
     from study.run.search import open_storage, plan_search, run_search
 
+    storage = _search_storage("search", search_storage, old_storage)
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from study import paths
-    from study.cli import preflight
-
-    preflight.check_storage(paths.optuna_storage(storage))
-    open_storage(storage)  # a bad --storage fails here, before any MLflow run is created
+    preflight.check_storage(paths.optuna_storage(storage))  # a wrong URL: one line within seconds
+    open_storage(storage)  # a bad storage fails here, before any MLflow run is created
     pinned = [k for k in plan.search.space if k not in plan.space]
     console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"
-                  + (f"; pinned by --set: {', '.join(pinned)}" if pinned else ""), markup=False, emoji=False)
+                  + (f"; pinned by --set: {', '.join(pinned)}" if pinned else ""))
 
     def on_trial(record) -> None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
         value = "" if record.value is None else f" {plan.metric} {record.value:.3f}"
         console.print(f"  trial {record.number}: {params} → {record.outcome}{value} "
-                      f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)", markup=False, emoji=False)
+                      f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)")
 
     result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
     console.print(f"Optuna study {result.study_name} in {result.storage}: {result.existed} trials existed"
                   + (f" ({result.recovered} left RUNNING by a dead search process, now FAIL)" if result.recovered else "")
-                  + f", {len(result.trials)} added", markup=False, emoji=False)
+                  + f", {len(result.trials)} added")
     if result.trials:
         ms = lambda values: statistics.median(values) * 1000  # noqa: E731
         console.print(f"overhead per trial (median): {statistics.median(r.overhead_ms for r in result.trials):.0f} ms "
@@ -302,75 +423,148 @@ def search(
                       f"training {ms([r.train_s for r in result.trials]):.0f} ms")
     if result.best_value is not None:
         console.print(f"best: {plan.metric} {result.best_value:.4f} at {result.best_params} "
-                      f"(MLflow experiment '{plan.experiment}', parent run {result.parent_run_id})", markup=False,
-                      emoji=False)
+                      f"(MLflow experiment '{plan.experiment}', parent run {result.parent_run_id})")
 
 
 @app.command()
 def report(
-    name: Optional[str] = typer.Argument(None, help="Study name or path to a study YAML file."),
-    all_: bool = typer.Option(False, "--all", help="Report every registered study and write an index page."),
-    preset: Optional[str] = typer.Option(None, help="Report the runs of this preset (default: the study's base)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Report the runs made with these overrides."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $NFSTUDY_HOME/mlflow.db)."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL of searches (default: $NFSTUDY_HOME/optuna.db)."),
+    name: Annotated[Optional[str], typer.Argument(help="Study name or path to a study YAML file.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Report every study on the search path and write an index "
+                                       "page.")] = False,
+    preset: Annotated[Optional[str], typer.Option(help="Report the runs of this preset (default: every scale "
+                                                  "that has runs).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Report the runs made with these "
+                                                      "overrides.")] = None,
+    tracking_uri: TrackingOpt = None,
+    search_storage: SearchStorageOpt = None,
+    old_storage: OldStorageOpt = None,
 ) -> None:
     """Figures (PNG + SVG), report.md and report.html under $NFSTUDY_HOME/reports/NAME/
-    (NAME/SCALE/ for the runs of --preset/--set, e.g. reports/clip-threshold/preset-smoke/)."""
-    from analysis.report import build_index, build_report
+    (NAME/SCALE/ for another scale's runs, e.g. reports/clip-threshold/preset-smoke/). With no
+    --preset/--set, every scale that has runs is reported, each in its folder."""
+    from analysis.report import build_index
     from study import paths
+    from study.cli.preflight import check_tracking
     from study.config.study_file import list_studies, load_study
 
+    storage = _search_storage("report", search_storage, old_storage)
     if not all_ and name is None:
         raise NfstudyError("report: give a study name, or --all")
-    names = list_studies() if all_ else [name]
     uri = paths.tracking_uri(tracking_uri)
-    scale, folders = paths.scale_name(preset, set_), {}
-    for study_name in names:
-        spec = load_study(study_name)
-        # A search's report covers all its Optuna studies, whatever --preset/--set say.
-        out = paths.reports_dir(spec.name, "" if spec.search is not None else scale)
-        folders[spec.name] = out
-        if spec.search is not None:  # a search study: Optuna trials, not a grid
+    check_tracking(uri)
+    folders = {}
+    for typed in _recorded(list_studies(), uri) if all_ else [name]:
+        spec = load_study(typed)
+        if spec.search is not None:  # a search's report covers all its Optuna studies, whatever the scale
             from analysis.search_report import build_search_report
 
+            out = paths.reports_dir(spec.report_key)
             written = build_search_report(spec, paths.optuna_storage(storage), uri, out,
-                                          command=f"nfstudy report {spec.name}")
-        else:
-            _, runs = _plan(study_name, preset, set_)
-            spp = _signal_propagation(spec) if spec.paper == "table6" else None
-            command = " ".join(["nfstudy report", spec.name, *([f"--preset {preset}"] if preset else []),
-                                *(f"--set {item}" for item in set_ or [])])
-            written = build_report(spec, uri, out, command=command, spp=spp,
-                                   config_hashes={r.config_hash for r in runs},
-                                   artifact_path="report" + (f"/{scale}" if scale else ""))
-        console.print(f"{spec.name}: {written.get('html', out)}")
+                                          command=_command("report", typed))
+            folders[spec.name] = out
+            console.print(f"{spec.name}: {written.get('html', out)}")
+            continue
+        for scale_preset, scale_sets in _report_scales(spec, typed, uri, preset, set_):
+            out = _report_scale(spec, typed, uri, scale_preset, scale_sets)
+            folders.setdefault(spec.name, out)
     if all_:
-        index = build_index(paths.home() / "reports", names, folders, "index" + (f"-{scale}" if scale else ""))
+        scale = paths.scale_name(preset, set_)
+        index = build_index(paths.home() / "reports", list(folders), folders, "index" + (f"-{scale}" if scale else ""))
         console.print(f"index: {index}")
 
 
-def _signal_propagation(spec):
-    """[I]'s signal-propagation statistics at initialisation for the study's models (and the
-    ImageNet-scale NF/BN ResNet-50 twins), on white noise; SkipInit off so the α-scaled
-    growth shows. ``analysis`` never builds models, so the frame is made here."""
+def _recorded(names: list[str], uri: str) -> list[str]:
+    """The studies with an MLflow experiment (grid or search) in the store: what ``report
+    --all`` reports (the others have nothing to show)."""
+    from study.run.run_cache import open_tracking
+
+    tracking = open_tracking(uri)
+    if tracking is None:
+        return []
+    found = [n for n in names if any(tracking.client.get_experiment_by_name(e) for e in (n, f"search:{n}"))]
+    if len(found) < len(names):
+        console.print(f"report --all: {len(names) - len(found)} studies without runs left out")
+    return found
+
+
+def _command(command: str, typed: str, preset: Optional[str] = None, sets: Optional[list[str]] = None) -> str:
+    """The command line that makes a report again, the study as the user named it."""
+    return " ".join(["nfstudy", command, shlex.quote(typed), *([f"--preset {shlex.quote(preset)}"] if preset else []),
+                     *(f"--set {shlex.quote(item)}" for item in sets or [])])
+
+
+def _report_scales(spec, typed: str, uri: str, preset: Optional[str], sets: Optional[list[str]]):
+    """``[(preset, sets)]`` to report: the one asked for, else every scale with runs (the
+    study's base when none has any), said on stdout."""
+    from study.cli.scales import scales_with_runs
+    from study.run.run_cache import open_tracking
+
+    if preset is not None or sets:
+        return [(preset, sets)]
+    tracking = open_tracking(uri)
+    experiment = tracking.client.get_experiment_by_name(spec.name) if tracking is not None else None
+    finished = set(tracking.finished_hashes(experiment.experiment_id)) if experiment is not None else set()
+    scales, others = scales_with_runs(spec, finished)
+    if len(scales) > 1 or (scales and scales[0].preset is not None):
+        console.print(f"{spec.name}: runs at {len(scales)} scale(s): "
+                      + ", ".join(f"{s.label} ({s.finished} of {len(s.runs)})" for s in scales))
+    if others:
+        console.print(f"{spec.name}: {others} finished runs belong to no preset (made with --set): report them "
+                      "with the same --preset/--set as the run")
+    return [(s.preset, None) for s in scales] or [(None, None)]
+
+
+def _report_scale(spec, typed: str, uri: str, preset: Optional[str], sets: Optional[list[str]]):
+    """Write the report of one scale of a grid study; returns its folder."""
+    from analysis.report import build_report
+    from study import paths
+    from study.config.expand import parse_overrides, plan
+
+    scale = paths.scale_name(preset, sets)
+    out = paths.reports_dir(spec.report_key, scale)
+    runs = plan(spec, preset=preset, overrides=parse_overrides(sets))
+    written = build_report(spec, uri, out, command=_command("report", typed, preset, sets),
+                           inputs=_paper_inputs(spec),
+                           config_hashes={r.config_hash for r in runs},
+                           artifact_path="report" + (f"/{scale}" if scale else ""))
+    console.print(f"{spec.name}" + (f" ({scale})" if scale else "") + f": {written.get('html', out)}")
+    return out
+
+
+def _paper_inputs(spec) -> dict:
+    """What the study's paper result needs besides its runs (its ``needs`` in
+    ``analysis.reference``), computed here: ``analysis`` never builds models."""
+    from analysis.reference import SignalPropagation, reference
+
+    needs = reference(spec.paper).needs if spec.paper else ()
+    return {need.name: _signal_propagation(spec, need) for need in needs if isinstance(need, SignalPropagation)}
+
+
+def _signal_propagation(spec, need):
+    """The signal-propagation rows ``need`` describes: the study's models and ``need.models``,
+    each on white noise, seed 0, SkipInit off so the α-scaled growth shows."""
     import pandas as pd
     import torch
 
     from study.config.expand import plan
-    from study.models import build_model, signal_propagation
+    from study.config.run_config import ModelConfig
+    from study.models import build_model, model_info, signal_propagation
 
     configs = [run.config for run in plan(spec)]
     size = configs[0].data.image_size or 16
-    cases = {(c.model.resolved_name, 1, size) for c in configs}
-    cases |= {("nf_resnet50", 3, 64), ("bn_resnet50", 3, 64)}
+    cases: dict[tuple, str | None] = {}  # (registered name, channels, pixels) → model.norm
+    for model in (c.model for c in configs):
+        key = (model.resolved_name, 1, size)
+        cases[key] = cases.get(key) or model.norm
+    for ref in need.models:
+        cases[(ModelConfig(name=ref.name, norm=ref.norm).resolved_name, ref.channels, ref.pixels)] = ref.norm
     frames = []
-    for name, chans, px in sorted(cases):
+    for (name, chans, px), norm in sorted(cases.items(), key=lambda item: item[0]):
         torch.manual_seed(0)
-        extra = {} if name.startswith("bn_") else {"skipinit": False}
+        extra = {} if model_info(name).norm == "bn" else {"skipinit": False}
         model = build_model(name, num_classes=10, in_chans=chans, **extra)
-        frame = signal_propagation(model, torch.randn(64, chans, px, px))
-        frames.append(frame.assign(model=name))
+        frame = signal_propagation(model, torch.randn(need.batch, chans, px, px))
+        frames.append(frame.assign(model=name, norm=norm))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -390,7 +584,7 @@ def bench(
     from study.bench import run_bench
 
     def log(line: str) -> None:  # progress on stderr, so --json keeps stdout one object
-        err_console.print(line if line.startswith(" ") else f"measuring {line}", markup=False, highlight=False)
+        err_console.print(line if line.startswith(" ") else f"measuring {line}")
 
     out = run_bench(device, model, quick, log, threads, compile_, cifar_root)
     if json_:
@@ -404,10 +598,10 @@ def bench(
     for r in out["results"]:
         table.add_row(r["name"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3f}",
                       r["target"], {True: "yes", False: "NO", None: ""}[r["ok"]])
-    Console(width=max(console.width, 110)).print(table)  # logs and pipes get the whole table
+    console.print(table, width=max(console.width, 110))  # logs and pipes get the whole table
     for r in out["results"]:
         if r["note"]:
-            console.print(f"  {r['name']}: {r['note']}", markup=False, highlight=False)
+            console.print(f"  {r['name']}: {r['note']}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -421,21 +615,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except NfstudyError as err:
         if debug:
             raise
-        err_console.print(f"error: {_one_line(str(err))}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {_one_line(str(err))}")
         return 2
     except (click.exceptions.Exit, typer.Exit) as err:
         return err.exit_code
     except (click.exceptions.Abort, typer.Abort):
-        err_console.print("interrupted", markup=False)
+        err_console.print("interrupted")
         return 130
     except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
+        err_console.print("interrupted")
         return 130
     except (click.exceptions.ClickException, TyperException) as err:  # typer ≥ 0.20 vendors click
         if debug:
             raise
-        err_console.print(f"error: {_one_line(err.format_message())}", markup=False, highlight=False,
-                          soft_wrap=True)
+        err_console.print(f"error: {_one_line(err.format_message())}")
         return 2
     return code if isinstance(code, int) else 0
 

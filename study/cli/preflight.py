@@ -9,34 +9,27 @@ unreachable URL answers in seconds, never hangs. Messages show URLs redacted.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from study.config.run_config import RunConfig
-from study.errors import DataError
+from study.data.layout import check_layout
 from study.record.stores import check_storage, check_tracking
-
-#: Data sets read from ``data.root`` (digits is embedded, fake is generated).
-_ON_DISK = ("cifar10", "cifar100", "imagefolder")
 
 
 def check_data(configs: Iterable[RunConfig]) -> None:
-    """Every on-disk data set's ``data.root`` exists (unless ``data.download`` is true).
+    """Every on-disk data set is where ``data.root`` says, in a layout its loader reads
+    (:func:`study.data.layout.check_layout`: ImageFolder's class folders, CIFAR's batch
+    files; a plain file is refused), unless ``data.download`` fetches it.
 
     Raises:
-        DataError: naming the key, the missing directory and what to do.
+        DataError: naming the key, the path and what to do.
     """
     seen = set()
     for config in configs:
         data = config.data
         key = (data.name, data.root, data.download)
-        if data.name not in _ON_DISK or data.download or key in seen:
-            continue
-        seen.add(key)
-        if data.root is None:
-            raise DataError(f"data.root is not set for data.name={data.name}: set data.root to its "
-                            "directory (or data.download=true to fetch it)")
-        if not Path(data.root).expanduser().is_dir():
-            raise DataError(f"data.root '{data.root}' does not exist (data.name={data.name}, "
-                            "data.download=false): set data.root to an existing directory or data.download=true")
+        if key not in seen:
+            seen.add(key)
+            check_layout(data.name, data.root, data.download)
+
 
 __all__ = ["check_data", "check_storage", "check_tracking"]

@@ -21,7 +21,7 @@ class RunProgress:
 
     def __init__(self, console: Console, study: str, total: int, workers: int):
         self.study, self.total, self.workers = study, total, workers
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=console, transient=False)
         self._runs = self._progress.add_task("runs", total=total)
         self._epochs = self._progress.add_task("epochs", total=None, visible=workers == 1)
@@ -35,14 +35,15 @@ class RunProgress:
         self._progress.__exit__(*exc)
 
     def _print(self, line: str) -> None:
-        self._progress.console.print(line, markup=False, highlight=False)
+        self._progress.console.print(line)
 
     def on_prepared(self, prepared) -> None:
-        notes = [f"{prepared.adopted} copied from other studies" if prepared.adopted else "",
-                 f"{prepared.recovered} lost runs recovered" if prepared.recovered else ""]
-        notes = [n for n in notes if n]
-        self._print(f"{self.study}: {len(prepared.done_before)} done, {self.total - len(prepared.done_before)} "
-                    f"to run, {self.workers} worker(s)" + (f" ({', '.join(notes)})" if notes else ""))
+        """The line ``--dry-run`` predicted (done, stale, copies, to run), and recoveries."""
+        found = prepared.survey
+        line = found.summary() if found is not None else (
+            f"{len(prepared.done_before)} done, {self.total - len(prepared.done_before)} to run")
+        recovered = f" ({prepared.recovered} lost runs recovered)" if prepared.recovered else ""
+        self._print(f"{self.study}: {line}, {self.workers} worker(s){recovered}")
 
     def on_progress(self, finished: int, total: int) -> None:
         self._progress.update(self._runs, completed=finished, total=total)

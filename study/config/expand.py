@@ -1,20 +1,29 @@
 """Grid expansion: a study → its runs (arms × grid × seeds), with ``--set`` overrides.
 
 A run's config is merged in this order, later wins: ``base`` preset → ``fixed`` → arm →
-grid point → seed → ``--set`` overrides. Every expanded config is validated before
-anything runs, and identified by :meth:`RunConfig.config_hash`.
+grid point → seed → the caps of a ``--preset`` → ``--set`` overrides. Every expanded config
+is validated before anything runs, and identified by :meth:`RunConfig.config_hash`.
+
+``--set`` on a grid key replaces that axis by the one value given (the runs are named
+after it); ``--set`` on a key that an arm sets is refused, since it would make the arms
+one run under several names. An on-disk data set's contents enter each run's identity
+through ``data.id`` (:mod:`study.data.fingerprint`), filled in here when the study leaves
+it unset.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from study.config.preset import Preset, read_preset
 from study.config.run_config import RunConfig, make_config
-from study.config.study_file import StudySpec, load_preset
+from study.config.study_file import StudySpec
+from study.config.yaml_loader import load_yaml
 from study.errors import ConfigError
 
 
@@ -25,6 +34,8 @@ class PlannedRun:
     config: RunConfig
     arm: str
     point: dict[str, Any] = field(default_factory=dict)
+    capped: dict[str, Any] = field(default_factory=dict)
+    """``{key: the value the study asked for}`` of the keys a ``--preset``'s caps lowered."""
 
     @property
     def seed(self) -> int:
@@ -43,19 +54,63 @@ class PlannedRun:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["agc.clipping=0.02", "agc.clipping=null"]`` → dotted overrides; values are YAML scalars."""
+    """``["agc.clipping=0.02", "sam.mode=off"]`` → dotted overrides; values are YAML 1.2
+    scalars (``null``, ``true``, ``0.02``; ``off`` stays a string)."""
     overrides: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set '{item}': expected key=value, e.g. --set agc.clipping=0.02")
         try:
-            overrides[key.strip()] = yaml.safe_load(text)
+            overrides[key.strip()] = load_yaml(text)
         except yaml.YAMLError:
             raise ConfigError(f"--set '{item}': value '{text}' is not valid YAML") from None
     if "seed" in overrides:
         raise ConfigError("--set seed: seeds come from the study's 'seeds:' list (arms stay paired)")
     return overrides
+
+
+def study_base(spec: StudySpec, preset: str | None = None) -> Preset | None:
+    """The preset a study's runs start from: ``preset`` (``--preset``, looked up from the
+    current directory and the search path), else the study's ``base`` (looked up from the
+    study file's folder, then the search path). Only a ``--preset`` brings its caps."""
+    if preset is not None:
+        return read_preset(preset, Path.cwd())
+    if spec.base is None:
+        return None
+    base = read_preset(spec.base, spec.source.parent if spec.source is not None else None)
+    return Preset(base.name, base.path, base.overrides)
+
+
+def apply_caps(merged: dict[str, Any], caps: dict[str, int | float]) -> dict[str, Any]:
+    """Lower each capped key of ``merged`` to its cap (a missing or ``None`` value, "no
+    limit", becomes the cap); returns ``{key: the value before}`` of the keys it changed."""
+    if not caps:
+        return {}
+    defaults = RunConfig().flat()
+    changed = {}
+    for key, cap in caps.items():
+        value = merged.get(key, defaults.get(key))
+        if value is None or (isinstance(value, (int, float)) and value > cap):
+            changed[key] = value
+            merged[key] = cap
+    return changed
+
+
+def check_overrides(spec: StudySpec, overrides: dict[str, Any]) -> dict[str, list[Any]]:
+    """The study's grid with each ``--set`` grid key's axis replaced by the value set.
+
+    Raises:
+        ConfigError: a ``--set`` key that an arm sets.
+    """
+    for key in overrides:
+        setters = [f"{arm}: {values[key]!r}" for arm, values in spec.arms.items() if key in values]
+        if setters:
+            raise ConfigError(
+                f"--set {key}: the arms of {spec.name} set it ({', '.join(setters)}), so --set would make them "
+                "one run under several names; drop it, or change the arms in a copy of the study file and "
+                "run that file")
+    return {key: [overrides[key]] if key in overrides else values for key, values in spec.grid.items()}
 
 
 def plan(
@@ -66,24 +121,57 @@ def plan(
     Runs whose configs resolve to the same hash are kept once (the first).
 
     Raises:
-        ConfigError: naming the run and key of the first invalid config.
+        ConfigError: naming the run and key of the first invalid config, or a ``--set``
+            on a key the arms set.
     """
-    base = load_preset(preset or spec.base) if (preset or spec.base) else {}
+    overrides = overrides or {}
+    base = study_base(spec, preset)
+    grid = check_overrides(spec, overrides)
     arms = spec.arms or {"": {}}
-    axes = list(spec.grid)
-    points = [dict(zip(axes, values)) for values in itertools.product(*spec.grid.values())]
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    fingerprints: dict[tuple, str | None] = {}
     runs, seen = [], set()
     for arm, arm_overrides in arms.items():
         for point in points:
             for seed in spec.seeds:
-                merged = {**base, **spec.fixed, **arm_overrides, **point, "seed": seed}
-                merged.update(overrides or {})
+                merged = {**(base.overrides if base else {}), **spec.fixed, **arm_overrides, **point, "seed": seed}
+                capped = apply_caps(merged, base.caps if base else {})
+                merged.update(overrides)
+                capped = {key: value for key, value in capped.items() if key not in overrides}
                 where = f"{spec.name} [{arm or 'run'} {point or ''} seed={seed}]".replace(" {}", "")
-                run = PlannedRun(make_config(merged, where=where), arm, point)
+                config = _with_data_id(make_config(merged, where=where), fingerprints)
+                run = PlannedRun(config, arm, point, capped)
                 if run.config_hash not in seen:
                     seen.add(run.config_hash)
                     runs.append(run)
     return runs
+
+
+def _with_data_id(config: RunConfig, fingerprints: dict[tuple, str | None]) -> RunConfig:
+    """``config`` with ``data.id`` set to its on-disk data set's fingerprint, unless set."""
+    data = config.data
+    if data.id is not None or not data.on_disk:
+        return config
+    key = (data.name, data.root, data.download)
+    if key not in fingerprints:
+        from study.data.fingerprint import data_fingerprint  # torch is imported only when needed
+
+        fingerprints[key] = data_fingerprint(data.name, data.root, download=data.download)
+    if fingerprints[key] is not None:
+        data.id = fingerprints[key]
+    return config
+
+
+def fixed_overrides(spec: StudySpec, preset: str | None = None,
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every run of a study shares, as dotted overrides: base preset → ``fixed`` → the
+    caps of a ``--preset`` → ``--set``, and ``data.id`` (a search's fixed config)."""
+    base = study_base(spec, preset)
+    merged = {**(base.overrides if base else {}), **spec.fixed}
+    apply_caps(merged, base.caps if base else {})
+    merged.update(overrides or {})
+    config = _with_data_id(make_config(merged, where=f"{spec.name}: fixed config"), {})
+    return {**merged, "data.id": config.data.id} if config.data.id is not None else merged
 
 
 def expand(

@@ -20,13 +20,40 @@ from study.errors import ConfigError, did_you_mean
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
 HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers")
-#: Keys added after the first release, with the behaviour the code had before they existed.
-#: At that value a key is left out of the config hash, so adding a knob never renames the
-#: runs already recorded; set to anything else, it is hashed like every other key.
+
+
+def _legacy_classifier_init_std(config: "RunConfig") -> float:
+    from study.models import legacy_classifier_init_std
+
+    return legacy_classifier_init_std(config.model.name)
+
+
+#: Keys added after the first release, with the behaviour the code had before they existed
+#: (a function of the config where that behaviour differed between models). At that value a
+#: key is left out of the config hash, so adding a knob never renames the runs already
+#: recorded; set to anything else, it is hashed like every other key.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "data.id": None,
     "data.mixup_alpha": 0.2,
     "optim.warmup_fraction": 0.05,
+    "model.classifier_init_std": _legacy_classifier_init_std,
+    "data.val_size": None,
+    "data.mixup_pairing": "mirror",
+    "data.randaugment_policy": "torchvision",
+    "data.augment_before_mix": True,
+    "data.train_crop": "torchvision",
+    "data.interpolation": "bilinear",
+    "data.eval_resize": "shorter_side",
 }
+#: Keys only ImageFolder reads, with their defaults: set otherwise on another data set they
+#: would change nothing, so the config is refused.
+IMAGEFOLDER_ONLY = {"data.randaugment": None, "data.randaugment_policy": "torchvision",
+                    "data.augment_before_mix": True, "data.train_crop": "torchvision",
+                    "data.interpolation": "bilinear", "data.eval_resize": "shorter_side"}
+
+
+#: Data sets read from ``data.root``.
+ON_DISK_DATA = ("cifar10", "cifar100", "imagefolder")
 
 
 class _Section(BaseModel):
@@ -40,6 +67,10 @@ class ModelConfig(_Section):
     """Dropout before the classifier; ``None`` = the variant's default (NFNet-F0: 0.2)."""
     stochastic_depth: float | None = Field(None, ge=0.0, lt=1.0)
     """Final stochastic-depth rate (grows linearly with depth); ``None`` = the variant's default."""
+    classifier_init_std: float = Field(0.01, ge=0.0)
+    """Std of the classifier weight's N(0, std²) init, bias 0 (official: 0.01); 0 starts it at
+    zero, as the small nets did before this key (docs/scale.md: a zero classifier that AGC
+    clips sits on the ε floor)."""
     norm: Literal["nf", "bn", "nf_plain"] | None = None
     """Swap ``name`` for its twin: ``nf`` Normalizer-Free (Scaled WS), ``bn`` the BatchNorm
     twin, ``nf_plain`` NF with plain convs (the "unscaled" control). Lets one study compare
@@ -48,14 +79,14 @@ class ModelConfig(_Section):
     @property
     def resolved_name(self) -> str:
         """The registered model this section builds (``name`` after ``norm``)."""
-        from study.models.twins import twin_name
+        from study.models import twin_name
 
         return self.name if self.norm is None else twin_name(self.name, self.norm)
 
     @model_validator(mode="after")
     def _twin_exists(self) -> "ModelConfig":
         if self.norm is not None:
-            from study.models.twins import twin_name
+            from study.models import twin_name
 
             try:
                 twin_name(self.name, self.norm)
@@ -78,32 +109,75 @@ class DataConfig(_Section):
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
     """Data set. ``digits`` is embedded (scikit-learn), the others load from ``root``."""
     root: str | None = None
-    """Data set directory. Never downloads unless ``download`` is true."""
+    """Data set directory. Never downloads unless ``download`` is true. Machine-local: not in
+    the config hash (``id`` stands for the contents)."""
+    id: str | None = None
+    """What the data set *is*, in the run's identity (config hash). ``None``: for the on-disk
+    data sets (cifar10, cifar100, imagefolder) the study's expansion fills in a fingerprint
+    of the files under ``root`` (:mod:`study.data.fingerprint`); set it (``imagenet-2012``)
+    to name a version yourself and skip the scan."""
     download: bool = False
     batch_size: int = Field(128, gt=0)
     """Global batch size B as the paper counts it: the learning rate is ``optim.lr``·B/256."""
     device_batch_size: int | None = Field(None, gt=0)
     """Cap on the batch actually drawn per step (``None`` = ``batch_size``). A preset uses it to
     map the paper's batch sizes onto a small data set while keeping the paper's learning
-    rates (PAPER.md §8); reports print the mapping."""
+    rates (docs/scale.md); reports print the mapping."""
     image_size: int | None = Field(None, gt=0)
-    """Training resolution; ``None`` = the data set's (digits: upsampled to 16)."""
+    """Training resolution; ``None`` = the data set's (digits: upsampled to 16; ImageFolder:
+    the model's, e.g. NFNet-F0 192, else 224)."""
     test_image_size: int | None = Field(None, gt=0)
-    """Evaluation resolution (ImageFolder: resize to test+32, centre crop); ``None`` = image_size."""
+    """Evaluation resolution (ImageFolder: resize to test+32, centre crop); ``None`` = the
+    model's when ``image_size`` is unset too (NFNet-F0 256), else ``image_size``."""
     crop_pad: int = Field(1, ge=0)
     """Random translation in pixels (pad + crop) for training batches."""
     flip: bool = False
     """Random horizontal flips (off for digits: flipped digits are other glyphs)."""
     mixup: bool = False
-    """MixUp on half of each batch and CutMix on the other half (PAPER.md §6)."""
+    """MixUp on half of each batch and CutMix on the other half (paper §4.1, App. A)."""
     mixup_alpha: float = Field(0.2, gt=0.0)
-    """α of the Beta(α, α) that draws the MixUp weights and CutMix areas (paper: 0.2)."""
-    randaugment: int | None = Field(None, ge=0, le=30)
-    """RandAugment magnitude with 4 layers (ImageFolder only); ``None`` = off."""
+    """α of the Beta(α, α) that draws the MixUp weights (paper: 0.2)."""
+    mixup_pairing: Literal["mirror", "disjoint"] = "mirror"
+    """Which images MixUp/CutMix pairs: ``disjoint`` reads 2B images per step and mixes
+    disjoint halves (official; an epoch is then two passes over the images); ``mirror``
+    reads B and mixes each half with itself reversed."""
+    val_size: int | None = Field(None, gt=0)
+    """Images carved from the training set as the tuning split (``val/*``), fixed and seeded;
+    ``None`` = 10,000 for ImageFolder (official) or 5,000 for CIFAR, a tenth of a smaller set.
+    digits and fake have fixed splits."""
+    randaugment: int | Literal["auto"] | None = None
+    """RandAugment magnitude (0..30) with 4 layers (ImageFolder only); ``auto`` = the
+    model's (NFNet-F0 5, F1/F2 10, F3+ 15, none for other models); ``None`` = off."""
+    randaugment_policy: Literal["torchvision", "official"] = "torchvision"
+    """``official``: the NFNet code's 16 ops, argument m/10 of the range, Cutout, SolarizeAdd;
+    ``torchvision``: ``v2.RandAugment`` (m/30, 14 ops)."""
+    augment_before_mix: bool = True
+    """RandAugment on each image before MixUp/CutMix (``false``: on the mixed images, the
+    official NFNet order)."""
+    train_crop: Literal["torchvision", "official"] = "torchvision"
+    """Random crop sampler: ``official`` (TensorFlow's distorted bounding box, ≥ 10% of the
+    image) or ``torchvision`` (``RandomResizedCrop``)."""
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    """Resizing of the training crop and the evaluation image (official: bicubic)."""
+    eval_resize: Literal["shorter_side", "squash"] = "shorter_side"
+    """Evaluation: resize the shorter side (``shorter_side``, aspect kept) or both sides
+    (``squash``, official NFNets) to test + 32 px, then centre-crop."""
     num_examples: int | None = Field(None, gt=0)
     """``fake`` only: how many synthetic training images."""
+
+    @field_validator("randaugment", mode="before")
+    @classmethod
+    def _magnitude(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (type(value) is int and 0 <= value <= 30):
+            return value
+        raise ValueError("allowed: a magnitude 0..30, auto or null")
     num_workers: int = Field(4, ge=0)
     """DataLoader workers (ImageFolder only; device-resident data sets need none)."""
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the data set is read from ``root`` (digits is embedded, fake generated)."""
+        return self.name in ON_DISK_DATA
 
 
 class TrainConfig(_Section):
@@ -148,7 +222,7 @@ class OptimConfig(_Section):
 
 class AGCConfig(_Section):
     clipping: float | None = Field(None, gt=0.0)
-    """λ of Adaptive Gradient Clipping (PAPER.md §4); ``None`` turns AGC off."""
+    """λ of Adaptive Gradient Clipping (Brock et al. 2021, §4); ``None`` turns AGC off."""
     mode: Literal["unit", "layer"] = "unit"
     """``unit``: one norm per output unit (row); ``layer``: the whole tensor as one unit."""
     eps: float = Field(1e-3, gt=0.0)
@@ -160,7 +234,7 @@ class AGCConfig(_Section):
 
 class SAMConfig(_Section):
     mode: Literal["off", "full", "fraction"] = "off"
-    """``full``: ascent on the whole batch; ``fraction``: the paper's cheap variant (PAPER.md §5)."""
+    """``full``: ascent on the whole batch; ``fraction``: the paper's cheap variant (paper §5)."""
     rho: float = Field(0.05, gt=0.0)
     fraction: float = Field(0.2, gt=0.0, le=1.0)
     """Share of the *same* batch used for the ascent step in ``fraction`` mode."""
@@ -181,6 +255,12 @@ class RunConfig(_Section):
     def _consistent(self) -> RunConfig:
         if self.data.name == "imagefolder" and self.data.root is None:
             raise ValueError("data.root is required for data.name=imagefolder")
+        flat = self.flat()
+        if self.data.name != "imagefolder" and (keys := [k for k, v in IMAGEFOLDER_ONLY.items() if flat[k] != v]):
+            raise ValueError(f"{', '.join(keys)}: only data.name=imagefolder reads them (this run: "
+                             f"data.name={self.data.name}); leave them at their defaults")
+        if self.data.name in ("digits", "fake") and self.data.val_size is not None:
+            raise ValueError(f"data.val_size: {self.data.name} has a fixed validation split; leave it null")
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -191,10 +271,15 @@ class RunConfig(_Section):
         """Short stable hash: canonical JSON (sorted keys) of the resolved config, without
         the machine-local keys in :data:`HASH_EXCLUDED_KEYS` and the later-added keys of
         :data:`HASH_NEUTRAL_DEFAULTS` while they keep their original behaviour."""
-        flat = {k: v for k, v in self.flat().items()
-                if k not in HASH_EXCLUDED_KEYS and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+        flat = {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def _neutral(self, key: str, value: Any) -> bool:
+        if key not in HASH_NEUTRAL_DEFAULTS:
+            return False
+        before = HASH_NEUTRAL_DEFAULTS[key]
+        return value == (before(self) if callable(before) else before)
 
     @property
     def peak_lr(self) -> float:
@@ -235,6 +320,17 @@ def check_keys(keys: list[str], where: str) -> None:
             problems.append(f"unknown key '{key}'{did_you_mean(key, known)}")
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def run_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """What a child run records as MLflow params: its flattened config, plus what the config
+    resolves to that a reader of the runs table could not tell (``model.resolved_name``:
+    the model a ``model.norm`` twin builds)."""
+    try:
+        config = make_config({k: v for k, v in flat.items() if k != "model.resolved_name"})
+    except ConfigError:  # not a RunConfig (recorded as given)
+        return dict(flat)
+    return {**flat, "model.resolved_name": config.model.resolved_name}
 
 
 def make_config(overrides: dict[str, Any], where: str = "config") -> RunConfig:

@@ -10,9 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from study.config.describe import describe
 from study.config.run_config import check_keys
 from study.errors import ConfigError
-
-#: Metrics the trainer reports after every epoch: the ones a search pruner can watch.
-EPOCH_METRICS = ("train/loss", "val/loss", "val/top1", "val/top1_ema")
+from study.record.tags import EPOCH_METRICS  # noqa: F401 - the metrics a pruner can watch
 
 
 class Distribution(BaseModel):

@@ -1,20 +1,27 @@
-"""The study file (``experiments/NAME.yaml``): :class:`StudySpec`, and where studies and
-presets are found and read (``yaml.safe_load``)."""
+"""The study file (``experiments/NAME.yaml``): :class:`StudySpec`, and where studies are
+found (:mod:`study.config.search_path`) and read (:mod:`study.config.yaml_loader`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from study.config.describe import describe
-from study.config.run_config import check_keys, flatten
+from study.config.preset import list_presets, load_preset  # noqa: F401 - their historical home
+from study.config.run_config import check_keys, config_keys
+from study.config.search_path import search_path
 from study.config.search_space import SearchSpec
+from study.config.yaml_loader import read_yaml
 from study.errors import ConfigError, did_you_mean
+from study.record.tags import METRICS
+
+#: Columns of a study's runs besides the config keys and the metrics: the arm's name.
+RUN_COLUMNS = ("arm",)
 
 
 class FigureSpec(BaseModel):
@@ -23,12 +30,32 @@ class FigureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["line", "bar"] = "line"
     x: str
+    """A config key (``agc.clipping``), ``arm``, or a metric."""
     y: str = "val/top1"
+    """A metric the trainer records (``study.record.tags.METRICS``)."""
     hue: str | None = None
-    style: str | None = None
+    """A config key or ``arm``: one line (or bar colour) per value."""
     logx: bool = False
     title: str | None = None
 
+    @model_validator(mode="after")
+    def _known_columns(self) -> FigureSpec:
+        problems = [_unknown_column("x", self.x, (*RUN_COLUMNS, *config_keys(), *METRICS)),
+                    _unknown_column("y", self.y, METRICS),
+                    _unknown_column("hue", self.hue, (*RUN_COLUMNS, *config_keys()))]
+        if problems := [p for p in problems if p]:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _unknown_column(field: str, name: str | None, allowed: tuple[str, ...]) -> str:
+    """What is wrong with a column a report reads (empty when nothing)."""
+    if name is None or name in allowed:
+        return ""
+    kind = "metric" if field == "y" or "/" in name else "column"
+    names = METRICS if kind == "metric" else allowed
+    return f"{field}: unknown {kind} '{name}'{did_you_mean(name, names)}" + (
+        f"; recorded: {', '.join(METRICS)}" if kind == "metric" else "; use a config key or 'arm'")
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -58,6 +85,31 @@ class StudySpec(BaseModel):
     figures: list[FigureSpec] = Field(default_factory=list)
     search: SearchSpec | None = None
     """What ``nfstudy search`` searches (Optuna); ``None``: the study is not searchable."""
+    _source: Path | None = PrivateAttr(None)
+    _registered: bool = PrivateAttr(False)
+
+    @property
+    def source(self) -> Path | None:
+        """The study file this spec was read from (absolute), if any."""
+        return self._source
+
+    @property
+    def report_key(self) -> str:
+        """The study's folder name under ``reports/``: its name for the study the search path
+        finds under that name, else the name and a digest of the file's path, so two study
+        files with one ``name:`` never overwrite each other's report."""
+        if self._registered or self._source is None:
+            return self.name
+        return f"{self.name}-{hashlib.sha256(str(self._source).encode()).hexdigest()[:8]}"
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is legal but probably not meant, one line each (the CLI prints them)."""
+        notes = []
+        if "seeds" not in self.model_fields_set and self.search is None:
+            notes.append(f"{self.name}: no 'seeds:' list, so every run trains seed 0 only and the report has no "
+                         "interval over seeds; add e.g. 'seeds: [0, 1, 2]' ('seeds: [0]' silences this)")
+        return notes
 
     @field_validator("name")
     @classmethod
@@ -93,6 +145,14 @@ class StudySpec(BaseModel):
             check_keys(list(mapping), f"{self.name}: {where}")
         if self.baseline is not None and self.baseline not in self.arms:
             raise ValueError(f"baseline '{self.baseline}' is not one of the arms {list(self.arms)}")
+        keys = (*RUN_COLUMNS, *config_keys())
+        problems = [_unknown_column("metric", self.metric, METRICS)]
+        if self.search is not None and self.search.metric is not None:
+            problems.append(_unknown_column("search.metric", self.search.metric, METRICS))
+        problems += [_unknown_column(where, key, keys) for where in ("scientific", "nuisance")
+                     for key in getattr(self, where)]
+        if problems := [p for p in problems if p]:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -100,60 +160,57 @@ class StudySpec(BaseModel):
         return self.baseline or next(iter(self.arms), None)
 
 
-def experiments_dir() -> Path:
-    """``$NFSTUDY_EXPERIMENTS``, else ``./experiments`` when it exists, else the repository's."""
-    if os.environ.get("NFSTUDY_EXPERIMENTS"):
-        return Path(os.environ["NFSTUDY_EXPERIMENTS"]).resolve()
-    local = Path("experiments")
-    if local.is_dir():
-        return local.resolve()
-    return Path(__file__).resolve().parents[2] / "experiments"
+def study_files() -> dict[str, Path]:
+    """``{name: file}`` of the studies on the search path (:mod:`study.config.search_path`):
+    the first folder that has a name wins.
+
+    Raises:
+        ConfigError: two files of one folder carry the same ``name:``, or one is unreadable.
+    """
+    return _catalogue()[0]
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """``yaml.safe_load`` a file that must hold a mapping; errors name the file."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: broken YAML: {problem}") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    return data
+def hidden_studies() -> dict[Path, Path]:
+    """``{hidden file: the file that hides it}``: studies of a later search-path folder
+    named like one of an earlier folder (e.g. a local ``quickstart.yaml`` hides the built-in)."""
+    return _catalogue()[1]
 
 
-def _study_files() -> dict[str, Path]:
+def _catalogue() -> tuple[dict[str, Path], dict[Path, Path]]:
     files: dict[str, Path] = {}
-    for path in sorted(experiments_dir().glob("*.yaml")):
-        data = read_yaml(path)
-        name = data.get("name", path.stem)
-        if name in files:
-            raise ConfigError(f"two study files are named '{name}': {files[name]} and {path}")
-        files[name] = path
-    return files
+    hidden: dict[Path, Path] = {}
+    for folder in search_path():
+        here: dict[str, Path] = {}
+        for path in sorted(folder.glob("*.yaml")):
+            name = str(read_yaml(path).get("name", path.stem))
+            if name in here:
+                raise ConfigError(f"two study files are named '{name}': {here[name]} and {path}")
+            here[name] = path
+        for name, path in here.items():
+            if name in files:
+                hidden[path] = files[name]
+            else:
+                files[name] = path
+    return files, hidden
 
 
 def list_studies() -> list[str]:
-    """Names of the registered studies."""
-    return sorted(_study_files())
+    """Names of the studies on the search path."""
+    return sorted(study_files())
 
 
 def load_study(name_or_path: str | os.PathLike) -> StudySpec:
-    """Load and validate a registered study by name, or a study file by path.
+    """Load and validate a study by name (looked up on the search path), or a study file by path.
 
     Raises:
-        ConfigError: unknown study, broken YAML, or an invalid study.
+        ConfigError: unknown study, unreadable or broken YAML, or an invalid study.
     """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"study file '{path}' does not exist")
     else:
-        files = _study_files()
+        files = study_files()
         if str(name_or_path) not in files:
             raise ConfigError(f"unknown study '{name_or_path}'{did_you_mean(str(name_or_path), files)}; "
                               f"registered: {', '.join(sorted(files))}")
@@ -161,22 +218,13 @@ def load_study(name_or_path: str | os.PathLike) -> StudySpec:
     data = read_yaml(path)
     data.setdefault("name", path.stem)
     try:
-        return StudySpec.model_validate(data)
+        spec = StudySpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{path}: {describe(err, StudySpec)}") from None
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in (experiments_dir() / "presets").glob("*.yaml"))
-
-
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset's overrides as ``{dotted.key: value}`` (nested mappings are flattened)."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = experiments_dir() / "presets" / f"{name_or_path}.yaml"
-    elif not path.is_absolute():
-        path = experiments_dir() / path
-    if not path.is_file():
-        raise ConfigError(f"unknown preset '{name_or_path}'; available: {', '.join(list_presets())}")
-    return flatten(read_yaml(path))
+    spec._source = path.resolve()
+    try:
+        registered = study_files().get(spec.name)
+    except ConfigError:  # a broken registry does not stop a study given by its path
+        registered = None
+    spec._registered = registered is not None and registered.resolve() == spec._source
+    return spec

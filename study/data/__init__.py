@@ -1,6 +1,13 @@
 """Data sets. Small ones (digits, CIFAR, fake) live on the training device as uint8 and
 are batched there (:class:`~study.data.gpu_loader.DeviceLoader`); ImageFolder uses a
-DataLoader with workers."""
+DataLoader with workers (:mod:`study.data.imagefolder`). Both deliver each DDP rank its rows
+of the global batch, MixUp/CutMix included.
+
+Splits: ``train`` (trained on), ``val`` (tuning: what a study selects on, the ``val/*``
+metrics) and ``test`` (reported, the ``test/*`` metrics), fixed whatever the run seed. digits:
+1,400 / 197 / 200 (stratified); CIFAR: ``data.val_size`` (default 5,000, the official
+hold-out, or a tenth of a smaller copy) carved from the training batches / the rest / the test
+batch; ImageFolder: see :func:`study.data.imagefolder.image_splits`; fake: N / 500 / 500."""
 
 from __future__ import annotations
 
@@ -10,9 +17,11 @@ from typing import Iterable
 import torch
 
 from study.config.run_config import DataConfig
+from study.data.augment import Mixing
 from study.errors import DataError
 
 EVAL_BATCH_SIZE = 500
+DEFAULT_IMAGE_SIZE = 224  # ImageFolder training resolution for models without their own
 
 
 @dataclass
@@ -35,27 +44,37 @@ def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _split_off_val(images, labels, num_val: int, seed: int = 0):
     """A fixed validation split carved from the training set (independent of the run seed)."""
+    if not 0 < num_val < len(labels):
+        raise DataError(f"data.val_size: got {num_val}; allowed: 1..{len(labels) - 1} for the "
+                        f"{len(labels)} training images")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=gen).to(labels.device)
     return (images[perm[num_val:]], labels[perm[num_val:]]), (images[perm[:num_val]], labels[perm[:num_val]])
 
 
 def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int,
-               channels_last: bool = False) -> DataBundle:
+               channels_last: bool = False, *, model_name: str | None = None, rank: int = 0,
+               world_size: int = 1) -> DataBundle:
     """Build the train/val/test iterables for ``cfg`` on ``device``.
 
     Args:
-        batch_size: the batch actually drawn per training step.
+        batch_size: the global batch drawn per training step.
         seed: the run seed; it orders and augments the training batches only (the splits
             are fixed).
+        channels_last: deliver batches in ``torch.channels_last`` memory format.
+        model_name: the model being trained: an ImageFolder run without ``data.image_size``
+            takes the model's training and test resolutions, and ``data.randaugment=auto``
+            its RandAugment magnitude (:func:`study.models.input_defaults`).
+        rank, world_size: a DDP rank's place; its training batches hold its rows of the
+            global batch (evaluation batches are whole on every rank).
 
     Raises:
-        DataError: the data set's directory is missing or incomplete.
+        DataError: the data set's directory is missing or incomplete, or a split is empty.
     """
     from study.data.gpu_loader import DeviceLoader
 
     if cfg.name == "imagefolder":
-        return _imagefolder(cfg, batch_size, device, seed)
+        return _imagefolder(cfg, batch_size, device, seed, channels_last, model_name, rank, world_size)
     if cfg.name == "digits":
         from study.data.digits import NUM_CLASSES, load_digits_tensors
 
@@ -66,7 +85,8 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
 
         train_x, train_y, test_x, test_y, num_classes = load_cifar(cfg.name, cfg.root, cfg.download, device)
         # The official 5,000 validation images; a tenth of a smaller local copy.
-        train, val = _split_off_val(train_x, train_y, num_val=min(5000, len(train_y) // 10))
+        num_val = cfg.val_size or min(5000, len(train_y) // 10)
+        train, val = _split_off_val(train_x, train_y, num_val=num_val)
         splits = {"train": train, "val": val, "test": (test_x, test_y)}
         default_size = 32
     elif cfg.name == "fake":
@@ -83,20 +103,27 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
     mean, std = _stats(train_x)
     size = cfg.image_size or default_size
     common = dict(image_size=size, mean=mean, std=std, channels_last=channels_last)
-    train = DeviceLoader(train_x, train_y, batch_size, train=True, crop_pad=cfg.crop_pad,
-                         flip=cfg.flip, seed=seed, **common)
+    mixing = Mixing(num_classes, cfg.mixup_alpha, cfg.mixup_pairing) if cfg.mixup else None
+    train = DeviceLoader(train_x, train_y, batch_size, train=True, crop_pad=cfg.crop_pad, flip=cfg.flip,
+                         seed=seed, mixing=mixing, rank=rank, world_size=world_size, **common)
     val = DeviceLoader(*splits["val"], EVAL_BATCH_SIZE, train=False, **common)
     test = DeviceLoader(*splits["test"], EVAL_BATCH_SIZE, train=False, **common)
     return DataBundle(train, val, test, num_classes, train_x.shape[1], size, len(train_y))
 
 
-def _imagefolder(cfg: DataConfig, batch_size: int, device: torch.device, seed: int) -> DataBundle:
-    from study.data.imagefolder import build_imagefolder_loaders
+def _imagefolder(cfg: DataConfig, batch_size: int, device: torch.device, seed: int, channels_last: bool,
+                 model_name: str | None, rank: int, world_size: int) -> DataBundle:
+    from study.data.imagefolder import ImageRecipe, build_imagefolder
+    from study.models import input_defaults
 
-    train_size = cfg.image_size or 224
-    test_size = cfg.test_image_size or train_size
-    train, val, num_classes = build_imagefolder_loaders(
-        cfg.root, batch_size, train_size, test_size, cfg.randaugment, cfg.num_workers, device, seed
-    )
-    # ImageNet's labelled val split is the paper's test set; it doubles as our val split here.
-    return DataBundle(train, val, val, num_classes, 3, train_size, len(train.dataset))
+    defaults = input_defaults(model_name) if model_name else None
+    train_size = cfg.image_size or (defaults.image_size if defaults else DEFAULT_IMAGE_SIZE)
+    test_size = cfg.test_image_size or (defaults.test_image_size if defaults and not cfg.image_size else train_size)
+    randaugment = (defaults.randaugment if defaults else None) if cfg.randaugment == "auto" else cfg.randaugment
+    recipe = ImageRecipe(train_size, test_size, randaugment, cfg.randaugment_policy, cfg.augment_before_mix,
+                         cfg.train_crop, cfg.interpolation, cfg.eval_resize, cfg.mixup, cfg.mixup_alpha,
+                         cfg.mixup_pairing)
+    data = build_imagefolder(cfg.root, recipe, batch_size, device, seed, val_size=cfg.val_size,
+                             num_workers=cfg.num_workers, rank=rank, world_size=world_size,
+                             channels_last=channels_last)
+    return DataBundle(data.train, data.val, data.test, data.num_classes, 3, train_size, data.num_train)

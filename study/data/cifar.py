@@ -94,15 +94,9 @@ def load_cifar(
     test_files = [file for file, _ in dataset.test_list]
     meta_file = dataset.meta["filename"]
 
-    missing = _missing(folder, train_files + test_files + [meta_file])
-    if missing and download:
+    if missing_files(name, root) and download:
         _download(dataset, root)
-        missing = _missing(folder, train_files + test_files + [meta_file])
-    if missing:
-        raise DataError(
-            f"{name} not found in {folder} (missing {', '.join(missing)}): set data.root to the directory "
-            f"that holds {dataset.base_folder}/ or set data.download=true"
-        )
+    check_files(name, root)
 
     class_names = _unpickle(folder / meta_file).get(dataset.meta["key"])
     if not isinstance(class_names, list) or not class_names:
@@ -124,8 +118,27 @@ def _check_name(name: str) -> None:
         raise DataError(f"unknown CIFAR data set '{name}': allowed are {', '.join(_DATASETS)}")
 
 
-def _missing(folder: Path, files: list[str]) -> list[str]:
+def missing_files(name: str, root: str | Path) -> list[str]:
+    """The files of CIFAR data set ``name`` that are not under ``root`` (empty when complete)."""
+    _check_name(name)
+    dataset = _DATASETS[name]
+    folder = Path(root).expanduser() / dataset.base_folder
+    files = [file for file, _ in dataset.train_list + dataset.test_list] + [dataset.meta["filename"]]
     return [file for file in files if not (folder / file).is_file()]
+
+
+def check_files(name: str, root: str | Path) -> None:
+    """Every batch file of CIFAR data set ``name`` is under ``root`` (not read: a quick check).
+
+    Raises:
+        DataError: naming the missing files and the folder they belong in.
+    """
+    if missing := missing_files(name, root):
+        folder = Path(root).expanduser() / _DATASETS[name].base_folder
+        raise DataError(
+            f"{name} not found in {folder} (missing {', '.join(missing)}): set data.root to the directory "
+            f"that holds {_DATASETS[name].base_folder}/ or set data.download=true"
+        )
 
 
 def _download(dataset: type[CIFAR10], root: Path) -> None:

@@ -1,6 +1,6 @@
 """The embedded default data set: scikit-learn's ``load_digits`` (1,797 8×8 grey digits).
 
-Held on the training device as uint8; upsampled on the device (PAPER.md §8 used 16×16).
+Held on the training device as uint8; upsampled on the device (the digits preset trains at 16×16).
 The train/val/test split is fixed and stratified, independent of the run seed, so every
 arm and seed of a study sees the same images: 1,400 train, 197 val, 200 test.
 """

@@ -9,6 +9,10 @@ Where we differ from airbench: the random crop reads reflected indices straight 
 unpadded images (one gather per batch that does crop and flip together) instead of padding
 the whole data set once per epoch, and the random numbers come from a generator seeded from
 ``(seed, epoch)``, so an epoch can be replayed after a checkpoint (:meth:`set_epoch`).
+
+MixUp/CutMix (:mod:`study.data.augment`) happens here too, after the crop and the resize,
+and a DDP rank makes only its rows of the global batch, with the same pairs and draws as one
+process (every rank draws the whole batch's random numbers from the same generator).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import math
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from study.data.augment import Mixing, mix_rows
+from study.data.seeds import derive_seed
 from study.errors import DataError
 
 
@@ -34,7 +39,8 @@ class DeviceLoader:
 
     Every batch is returned as float32, normalised per channel with ``mean``/``std`` (in
     0..1 units), resized to ``image_size`` if given (bilinear, ``align_corners=False``, no
-    antialias; the crop happens before, in the stored resolution). Nothing inside an epoch
+    antialias; the crop happens before, in the stored resolution), then mixed when
+    ``mixing`` is given (soft targets instead of class indices). Nothing inside an epoch
     syncs with the host.
 
     Args:
@@ -49,6 +55,10 @@ class DeviceLoader:
         std: per-channel standard deviation, one value or one per channel.
         seed: seeds the permutation and the augmentation of every epoch.
         channels_last: return batches in ``torch.channels_last`` memory format.
+        mixing: MixUp/CutMix of training batches (``None``: off). With the disjoint
+            pairing a step reads 2B images and an epoch (still ``N // B`` steps) two passes.
+        rank, world_size: training batches hold rows ``[rank·B/w, (rank+1)·B/w)`` of the
+            global batch of ``batch_size`` (evaluation batches are whole).
 
     Raises:
         DataError: the tensors have the wrong dtype, shape or device, or a training loader
@@ -74,6 +84,9 @@ class DeviceLoader:
         std: Sequence[float] = (0.5,),
         seed: int = 0,
         channels_last: bool = False,
+        mixing: Mixing | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         _check_tensors(images, labels)
         channels = images.shape[1]
@@ -104,6 +117,13 @@ class DeviceLoader:
         self.seed = seed
         self.channels_last = channels_last
         self.num_examples = len(labels)
+        self.mixing = mixing if train else None
+        self._passes = 2 if self.mixing is not None and self.mixing.draws(batch_size) == 2 * batch_size else 1
+        self._rows = range(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
+        own, partner = (mixing.sources(batch_size, images.device) if self.mixing is not None
+                        else (torch.arange(batch_size, device=images.device), None))
+        self._own = own[self._rows.start:self._rows.stop]
+        self._partner = None if partner is None else partner[self._rows.start:self._rows.stop]
         self._epoch = 0
         # (x/255 - mean)/std == x*scale + shift: one fused multiply-add per batch.
         std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
@@ -129,30 +149,39 @@ class DeviceLoader:
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.num_examples, self.batch_size):
             end = start + self.batch_size
-            yield self._finish(self.images[start:end]), self.labels[start:end]
+            yield self._layout(self._normalise(self.images[start:end])), self.labels[start:end]
 
     def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.images.device
         n, _, height, width = self.images.shape
-        # Mix (seed, epoch) so that seed s at epoch e + 1 does not replay seed s + 1 at epoch e;
-        # 32 bits because the CPU generator (mt19937) ignores the upper half of its seed.
-        mixed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
         generator = torch.Generator(device=device)
-        generator.manual_seed(mixed)
-        order = torch.randperm(n, generator=generator, device=device)
+        generator.manual_seed(derive_seed(self.seed, epoch))
+        order = torch.cat([torch.randperm(n, generator=generator, device=device) for _ in range(self._passes)])
         span = 2 * self.crop_pad + 1
-        shifts = torch.randint(0, span, (2, n), generator=generator, device=device) - self.crop_pad
-        flips = torch.randint(0, 2, (n,), generator=generator, device=device, dtype=torch.bool)
-        rows = torch.arange(height, device=device)
-        cols = torch.arange(width, device=device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
-            if self.crop_pad == 0 and not self.flip:
-                batch = self.images[index]
-            else:
-                batch = self._crop_and_flip(index, shifts[:, start:start + self.batch_size],
-                                            flips[start:start + self.batch_size], rows, cols)
-            yield self._finish(batch), self.labels[index]
+        drawn = len(order)
+        shifts = torch.randint(0, span, (2, drawn), generator=generator, device=device) - self.crop_pad
+        flips = torch.randint(0, 2, (drawn,), generator=generator, device=device, dtype=torch.bool)
+        grid = torch.arange(height, device=device), torch.arange(width, device=device)
+        out_h, out_w = self.image_size or (height, width)
+        for step in range(len(self)):
+            start = step * self.batch_size * self._passes
+            own = self._drawn(order, shifts, flips, grid, self._own + start)
+            own_labels = self.labels[order[self._own + start]]
+            if self.mixing is None:
+                yield self._layout(own), own_labels
+                continue
+            partner = self._drawn(order, shifts, flips, grid, self._partner + start)
+            draw = self.mixing.draw(self.batch_size, out_h, out_w, generator, device)
+            mixed, targets = mix_rows(own, partner, own_labels, self.labels[order[self._partner + start]],
+                                      draw, self._rows, self.mixing.num_classes)
+            yield self._layout(mixed), targets
+
+    def _drawn(self, order, shifts, flips, grid, positions) -> torch.Tensor:
+        """The normalised, cropped, flipped and resized images at ``positions`` of the epoch."""
+        index = order[positions]
+        if self.crop_pad == 0 and not self.flip:
+            return self._normalise(self.images[index])
+        return self._normalise(self._crop_and_flip(index, shifts[:, positions], flips[positions], *grid))
 
     def _crop_and_flip(self, index, shifts, flips, rows, cols) -> torch.Tensor:
         """One gather: output pixel (i, j) of image b reads the reflected pixel (i + dy, j' + dx),
@@ -169,13 +198,14 @@ class DeviceLoader:
             src_cols[:, None, None, :],
         ]
 
-    def _finish(self, batch: torch.Tensor) -> torch.Tensor:
+    def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
         x = torch.addcmul(self._shift, batch.float(), self._scale)
         if self.image_size is not None and tuple(x.shape[2:]) != tuple(self.image_size):
             x = F.interpolate(x, size=tuple(self.image_size), mode="bilinear", align_corners=False, antialias=False)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Building blocks of normalizer-free networks (PAPER.md §2).
+"""Building blocks of normalizer-free networks (Brock et al. 2021 §3, arXiv 2102.06171;
+[I]: Brock, De, Smith, ICLR 2021, arXiv 2101.08692).
 
 Scaled Weight Standardisation, nonlinearity gains γ, Squeeze-Excite, stochastic depth,
 SkipInit and the hook point that signal-propagation plots read. Blocks never import models.
@@ -16,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import ConfigError
-
-# γ per nonlinearity: the official constants (``nfnets/base.py``, PAPER.md §2), chosen so that
+# γ per nonlinearity: the official constants (``nfnets/base.py``; [I]), chosen so that
 # γ·act(z) has unit variance for z ~ N(0, 1): γ = 1 / sqrt(Var(act(z))). They were estimated by
 # sampling, so ReLU's differs from the analytic sqrt(2 / (1 − 1/π)) = 1.71286 by 6e-4 (relative).
 NONLINEARITY_GAINS: dict[str, float] = {
@@ -45,7 +44,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class GammaAct(nn.Module):
     """A nonlinearity times its gain γ, so that γ·act(z) has unit variance for z ~ N(0, 1).
 
-    PAPER.md §2 ("Nonlinearity gain"); official ``base.nonlinearities``.
+    [I]; official ``base.nonlinearities``.
 
     Args:
         activation: ``"relu"``, ``"gelu"`` (tanh approximation, as JAX's default),
@@ -53,7 +52,7 @@ class GammaAct(nn.Module):
         gamma: the gain; ``None`` takes :data:`NONLINEARITY_GAINS` (BatchNorm nets pass 1.0).
 
     Raises:
-        ConfigError: unknown activation.
+        ValueError: unknown activation (a model definition's bug, not user input).
 
     Example:
         >>> act = GammaAct("relu")  # 1.7139588594436646 · relu(x)
@@ -62,7 +61,7 @@ class GammaAct(nn.Module):
     def __init__(self, activation: str = "relu", *, gamma: float | None = None) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ConfigError(
+            raise ValueError(
                 f"activation: got {activation!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
             )
         self.activation = activation
@@ -82,7 +81,7 @@ class ScaledStdConv2d(nn.Conv2d):
 
     Ŵ = gain · (W − mean) / (std · sqrt(fan_in)), mean and population std over the fan-in
     (OIHW dims 1, 2, 3), computed as the official fusion
-    ``W · rsqrt(max(fan_in · var, eps)) · gain − mean · (same)`` (PAPER.md §2, [I] §4.3).
+    ``W · rsqrt(max(fan_in · var, eps)) · gain − mean · (same)`` (paper §3, [I] §4.3).
     ``gain`` has shape ``(out_channels,)`` (init 1), ``bias`` is added after the conv (init 0);
     ``weight`` starts N(0, 1/fan_in) as the official ``VarianceScaling(1, fan_in, normal)``.
 
@@ -203,27 +202,30 @@ def create_norm_act(channels: int, activation: str, *, normalization: str) -> nn
     Args:
         channels: channels of the input.
         activation: a key of :data:`ACTIVATIONS`.
-        normalization: ``"nf"`` gives γ·act (no normaliser, PAPER.md §2); ``"batch"`` gives
+        normalization: ``"nf"`` gives γ·act (no normaliser, paper §3); ``"batch"`` gives
             BatchNorm2d then the plain activation (γ = 1), the BN twins of Table 6 / [I].
 
     Returns:
         The module.
 
     Raises:
-        ConfigError: unknown normalization or activation.
+        ValueError: unknown normalization or activation (a model definition's bug).
     """
     if normalization == "nf":
         return GammaAct(activation)
     if normalization == "batch":
         return nn.Sequential(nn.BatchNorm2d(channels), GammaAct(activation, gamma=1.0))
-    raise ConfigError(f"normalization: got {normalization!r}; allowed: 'nf', 'batch'")
+    raise ValueError(f"normalization: got {normalization!r}; allowed: 'nf', 'batch'")
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-Excite gate: x · gate_gain · sigmoid(FC(act(FC(avgpool x)))) (PAPER.md §2).
+    """Squeeze-Excite gate: x · gate_gain · sigmoid(FC(act(FC(avgpool x)))) (Hu et al. 2018;
+    NFNets, arXiv 2102.06171, §4.1).
 
     Plain ``nn.Linear`` layers with bias (not weight-standardised), ReLU inside as in the
     official ``base.SqueezeExcite``; the ×2 keeps the expected gate at 1 at initialisation.
+    Initialised as Haiku's ``hk.Linear`` (the official layers): weights from a normal with
+    std 1/√fan_in truncated at ±2 std, biases zero (PyTorch's default is uniform).
 
     Args:
         channels: input = output channels.
@@ -242,6 +244,10 @@ class SqueezeExcite(nn.Module):
         self.act = GammaAct(activation, gamma=1.0)
         self.fc1 = nn.Linear(hidden, channels)
         self.gate_gain = gate_gain
+        for fc in (self.fc0, self.fc1):
+            std = fc.in_features ** -0.5
+            nn.init.trunc_normal_(fc.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.fc1(self.act(self.fc0(x.mean(dim=(2, 3)))))
@@ -251,7 +257,7 @@ class SqueezeExcite(nn.Module):
 class StochasticDepth(nn.Module):
     """Drops the residual branch of whole samples: one Bernoulli(1 − rate) mask per sample.
 
-    PAPER.md §2; official ``base.StochDepth``, which does not rescale the kept samples by
+    Huang et al. 2016; official ``base.StochDepth``, which does not rescale the kept samples by
     1/keep (``scale_by_keep=False``). Identity in eval mode or at rate 0.
 
     Args:
@@ -278,7 +284,7 @@ class StochasticDepth(nn.Module):
 
 
 def skipinit_gain(enabled: bool) -> nn.Parameter | None:
-    """SkipInit's scalar gain on a residual branch, initialised to 0 (PAPER.md §2).
+    """SkipInit's scalar gain on a residual branch, initialised to 0 (De & Smith 2020).
 
     Assign it to a block attribute named ``skipinit_gain``: the optimizer keeps it out of
     weight decay by that name.
@@ -298,7 +304,7 @@ def init_classifier_(fc: nn.Linear, std: float) -> None:
 
     Args:
         fc: the final linear layer.
-        std: standard deviation; 0 gives an all-zero weight (the small nets, PAPER.md §8).
+        std: standard deviation; 0 gives an all-zero weight (the small nets, docs/scale.md).
     """
     if std == 0.0:
         nn.init.zeros_(fc.weight)
@@ -316,7 +322,7 @@ class BranchTap(nn.Identity):
 
 
 def residual_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The NF residual step h + α · f(h / β) (PAPER.md §2), shared by every block type.
+    """The NF residual step h + α · f(h / β) (Brock et al. 2021 §3), shared by every block type.
 
     ``block`` has ``preact`` (γ-scaled activation, or BN + act in a twin), ``beta`` (1/β,
     applied after the activation as the official code does), ``shortcut`` (``None`` for

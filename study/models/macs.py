@@ -1,4 +1,4 @@
-"""Multiply-accumulates of a forward pass, the "FLOPs" of PAPER.md §3's table."""
+"""Multiply-accumulates of a forward pass, the "FLOPs" the paper reports for NFNet-F0…F6."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """NF-ResNets: normalizer-free pre-activation ResNets, and small variants for digits/CIFAR.
 
 Paper: Brock, De, Smith, *Characterizing signal propagation to close the performance gap in
-unnormalized ResNets* (ICLR 2021, [I]) and Brock et al. 2021 (NFNets), PAPER.md §2–§3.
+unnormalized ResNets* (ICLR 2021, [I]) and Brock et al. 2021 (NFNets, arXiv 2102.06171) §3.
 Official code: ``google-deepmind/deepmind-research``, ``nfnets/nf_resnet.py``.
 
 A block computes h + α · SkipInit · f(γ·act(h) · β), β = 1/sqrt(expected Var h), Var growing
@@ -13,8 +13,8 @@ Where we differ from the official code, and why:
 - β resets after any block with a projection shortcut, not after "the first block of each
   stage": the same for the ImageNet nets, and right for the small nets whose first block keeps
   the stem's width (its identity shortcut does not reset the variance).
-- Small variants (PAPER.md §8): basic blocks (two 3×3 convs), a 3×3 stride-1 stem, no max-pool
-  and a zero-initialised classifier, for 16×16 digits and 32×32 CIFAR.
+- Small variants (docs/scale.md): basic blocks (two 3×3 convs), a 3×3 stride-1 stem and no
+  max-pool, for 16×16 digits and 32×32 CIFAR.
 - Dropout 0.25 before the classifier of the ImageNet NF-ResNets follows [I]'s training setup;
   the official file leaves it to the caller.
 - Padding is symmetric (PyTorch) rather than JAX ``SAME``; shapes agree.
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from study.models._options import resolve_options
-from study.models._registry import register_model
+from study.models._registry import model_info, register_model
 from study.models.layers import (
     BranchTap,
     StochasticDepth,
@@ -65,7 +65,8 @@ class ResNetConfig:
     stochastic_depth: float = 0.0
     """Rate of the last block; block i gets rate·i/num_blocks."""
     classifier_init_std: float = 0.01
-    """Std of the classifier's normal init; 0 initialises it to zero."""
+    """Std of the classifier's normal init (official ``fc_init``: N(0, 0.01)); 0 initialises it
+    to zero."""
     train_image_size: int = 224
     test_image_size: int = 224
 
@@ -76,7 +77,7 @@ _IMAGENET = dict(
 )
 _SMALL = dict(
     block="basic", depths=(2, 2, 2), widths=(32, 64, 128), stem="small", stem_width=32,
-    classifier_init_std=0.0, train_image_size=16, test_image_size=16,
+    train_image_size=16, test_image_size=16,
 )
 
 RESNET_VARIANTS: dict[str, ResNetConfig] = {
@@ -84,7 +85,6 @@ RESNET_VARIANTS: dict[str, ResNetConfig] = {
     "nf_resnet50": ResNetConfig(depths=(3, 4, 6, 3), **_IMAGENET),
     "nf_resnet101": ResNetConfig(depths=(3, 4, 23, 3), **_IMAGENET),
     "nf_resnet_small": ResNetConfig(**_SMALL),
-    "nf_resnet_small_nows": ResNetConfig(**_SMALL, weight_standardization=False),
     "nf_resnet_cifar": ResNetConfig(**{
         **_SMALL, "widths": (64, 128, 256), "stem_width": 64,
         "train_image_size": 32, "test_image_size": 32,
@@ -92,12 +92,24 @@ RESNET_VARIANTS: dict[str, ResNetConfig] = {
 }
 """The NF variants; ``study.models.resnet`` registers a BatchNorm twin of each."""
 
+PLAIN_TWINS: dict[str, str] = {"nf_resnet_small_nows": "nf_resnet_small"}
+"""NF twin without weight standardisation (the "unscaled" control of [I]) → its NF partner."""
+
+ZERO_CLASSIFIER_FAMILIES = ("nf_resnet_small", "nf_resnet_cifar")
+"""Families whose classifier started at zero before ``classifier_init_std`` was an option; every
+other model already had N(0, 0.01). Runs recorded then keep their config hash at that value."""
+
+
+def legacy_classifier_init_std(name: str) -> float:
+    """The classifier init std model ``name`` had before it was an option (0 or 0.01)."""
+    return 0.0 if model_info(name).family in ZERO_CLASSIFIER_FAMILIES else 0.01
+
 
 class PreActBlock(nn.Module):
     """Pre-activation residual block: basic (3×3, 3×3) or bottleneck (1×1, 3×3, 1×1).
 
     The shortcut is the identity, or a strided 1×1 conv on the pre-activated, β-scaled input
-    when the stride or the width changes (PAPER.md §2, "Transition").
+    when the stride or the width changes ([I]; official ``NFResBlock``).
     """
 
     def __init__(
@@ -153,6 +165,8 @@ class PreActResNet(nn.Module):
         stochastic_depth: last block's rate; ``None`` = ``config.stochastic_depth``.
         skipinit: SkipInit gains on the branches (NF only); ``False`` fixes them at 1 for
             signal-propagation plots. ``None`` = on for NF nets.
+        classifier_init_std: std of the classifier weight's N(0, std²) init (bias 0); 0 gives a
+            zero weight. ``None`` = ``config.classifier_init_std`` (0.01, as the official code).
 
     Raises:
         ConfigError: ``skipinit=True`` for a BatchNorm net.
@@ -161,11 +175,12 @@ class PreActResNet(nn.Module):
     def __init__(
         self, config: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
         dropout: float | None = None, stochastic_depth: float | None = None,
-        skipinit: bool | None = None,
+        skipinit: bool | None = None, classifier_init_std: float | None = None,
     ) -> None:
         super().__init__()
         options = resolve_options(config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
-                                  stochastic_depth=stochastic_depth, skipinit=skipinit)
+                                  stochastic_depth=stochastic_depth, skipinit=skipinit,
+                                  classifier_init_std=classifier_init_std)
         nf, skipinit = options.nf, options.skipinit
         dropout, stochastic_depth = options.dropout, options.stochastic_depth
         self.config = config
@@ -197,7 +212,7 @@ class PreActResNet(nn.Module):
                 )
                 blocks.append(block)
                 channels = width
-                # PAPER.md §2: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
+                # Brock et al. 2021 §3: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
                 if block.shortcut is not None:
                     expected_var = 1.0
                 expected_var += config.alpha**2
@@ -208,7 +223,7 @@ class PreActResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
-        init_classifier_(self.fc, config.classifier_init_std)
+        init_classifier_(self.fc, options.classifier_init_std)
 
     def get_classifier(self) -> nn.Linear:
         """Return the final linear layer (AGC leaves its weight unclipped)."""
@@ -226,12 +241,12 @@ class PreActResNet(nn.Module):
 def create_resnet(
     config: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
     dropout: float | None = None, stochastic_depth: float | None = None,
-    skipinit: bool | None = None,
+    skipinit: bool | None = None, classifier_init_std: float | None = None,
 ) -> PreActResNet:
     """Build a :class:`PreActResNet` (the registered builders are this with a config bound)."""
     return PreActResNet(
         config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
-        stochastic_depth=stochastic_depth, skipinit=skipinit,
+        stochastic_depth=stochastic_depth, skipinit=skipinit, classifier_init_std=classifier_init_std,
     )
 
 
@@ -242,3 +257,6 @@ def bn_twin(config: ResNetConfig) -> ResNetConfig:
 
 for _name, _config in RESNET_VARIANTS.items():
     register_model(_name)(functools.partial(create_resnet, _config))
+for _name, _partner in PLAIN_TWINS.items():
+    register_model(_name, family=_partner, norm="nf_plain")(functools.partial(
+        create_resnet, dataclasses.replace(RESNET_VARIANTS[_partner], weight_standardization=False)))

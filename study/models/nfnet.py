@@ -1,4 +1,4 @@
-"""NFNet-F0…F6 and their BatchNorm twins (PAPER.md §3, paper Table 6 "−NF, +BN").
+"""NFNet-F0…F6 and their BatchNorm twins (Brock et al. 2021 §5, Table 6 "−NF, +BN").
 
 Paper: Brock, De, Smith, Simonyan, *High-Performance Large-Scale Image Recognition Without
 Normalization*, ICML 2021. Official code: ``google-deepmind/deepmind-research``,
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from study.models._options import resolve_options
-from study.models._registry import register_model
+from study.models._registry import InputDefaults, register_model
 from study.models.layers import (
     BranchTap,
     SqueezeExcite,
@@ -49,12 +49,14 @@ from study.models.layers import (
 
 @dataclass(frozen=True)
 class NFNetConfig:
-    """Every architectural knob of an NFNet (defaults: the F-series, PAPER.md §3)."""
+    """Every architectural knob of an NFNet (defaults: the F-series, Brock et al. 2021 §5)."""
 
     depths: tuple[int, ...]
     train_image_size: int
     test_image_size: int
     dropout: float
+    randaugment: int | None = None
+    """RandAugment magnitude of the training recipe (4 layers; official ``experiment_nfnets.py``)."""
     widths: tuple[int, ...] = (256, 512, 1536, 1536)
     stem_widths: tuple[int, ...] = (16, 32, 64, 128)
     group_width: int = 128
@@ -70,21 +72,22 @@ class NFNetConfig:
     weight_standardization: bool = True
 
 
-# Train/test resolution and dropout per variant: PAPER.md §3 table (official nfnet_params).
+# Train/test resolution and dropout per variant (official ``base.nfnet_params``), RandAugment
+# magnitude (official ``experiment_nfnets.py``: '405', '410', '410', '415', …).
 NFNET_VARIANTS: dict[str, NFNetConfig] = {
     f"nfnet_f{n}": NFNetConfig(
         depths=tuple(d * (n + 1) for d in (1, 2, 6, 3)),
-        train_image_size=train, test_image_size=test, dropout=dropout,
+        train_image_size=train, test_image_size=test, dropout=dropout, randaugment=magnitude,
     )
-    for n, (train, test, dropout) in enumerate([
-        (192, 256, 0.2), (224, 320, 0.3), (256, 352, 0.4), (320, 416, 0.4),
-        (384, 512, 0.5), (416, 544, 0.5), (448, 576, 0.5),
+    for n, (train, test, dropout, magnitude) in enumerate([
+        (192, 256, 0.2, 5), (224, 320, 0.3, 10), (256, 352, 0.4, 10), (320, 416, 0.4, 15),
+        (384, 512, 0.5, 15), (416, 544, 0.5, 15), (448, 576, 0.5, 15),
     ])
 }
 
 
 class NFBlock(nn.Module):
-    """NFNet bottleneck block with grouped 3×3 convs and Squeeze-Excite (PAPER.md §3)."""
+    """NFNet bottleneck block with grouped 3×3 convs and Squeeze-Excite (Brock et al. 2021 §5)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, *, stride: int, config: NFNetConfig,
@@ -138,6 +141,8 @@ class NFNet(nn.Module):
         dropout: before the classifier; ``None`` = the variant's (F0 0.2 … F6 0.5).
         stochastic_depth: last block's rate; ``None`` = ``config.stochastic_depth`` (0.25).
         skipinit: SkipInit gains (NF only); ``False`` fixes them at 1. ``None`` = on for NF.
+        classifier_init_std: std of the classifier weight's N(0, std²) init (bias 0); ``None`` =
+            ``config.classifier_init_std`` (0.01, as the official code).
 
     Raises:
         ConfigError: ``skipinit=True`` for a BatchNorm net.
@@ -146,11 +151,12 @@ class NFNet(nn.Module):
     def __init__(
         self, config: NFNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
         dropout: float | None = None, stochastic_depth: float | None = None,
-        skipinit: bool | None = None,
+        skipinit: bool | None = None, classifier_init_std: float | None = None,
     ) -> None:
         super().__init__()
         options = resolve_options(config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
-                                  stochastic_depth=stochastic_depth, skipinit=skipinit)
+                                  stochastic_depth=stochastic_depth, skipinit=skipinit,
+                                  classifier_init_std=classifier_init_std)
         nf, skipinit = options.nf, options.skipinit
         dropout, stochastic_depth = options.dropout, options.stochastic_depth
         self.config = config
@@ -184,7 +190,7 @@ class NFNet(nn.Module):
                 )
                 blocks.append(block)
                 channels = width
-                # PAPER.md §2: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
+                # Brock et al. 2021 §3: Var(h_{i+1}) = Var(h_i) + α², reset after a transition.
                 if block.shortcut is not None:
                     expected_var = 1.0
                 expected_var += config.alpha**2
@@ -196,7 +202,7 @@ class NFNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(head_width, num_classes)
-        init_classifier_(self.fc, config.classifier_init_std)
+        init_classifier_(self.fc, options.classifier_init_std)
 
     def get_classifier(self) -> nn.Linear:
         """Return the final linear layer (AGC leaves its weight unclipped)."""
@@ -214,18 +220,19 @@ class NFNet(nn.Module):
 def create_nfnet(
     config: NFNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
     dropout: float | None = None, stochastic_depth: float | None = None,
-    skipinit: bool | None = None,
+    skipinit: bool | None = None, classifier_init_std: float | None = None,
 ) -> NFNet:
     """Build an :class:`NFNet` (the registered builders are this with a config bound)."""
     return NFNet(
         config, num_classes=num_classes, in_chans=in_chans, dropout=dropout,
-        stochastic_depth=stochastic_depth, skipinit=skipinit,
+        stochastic_depth=stochastic_depth, skipinit=skipinit, classifier_init_std=classifier_init_std,
     )
 
 
 for _name, _config in NFNET_VARIANTS.items():
-    register_model(_name)(functools.partial(create_nfnet, _config))
-    register_model(f"bn_{_name}")(functools.partial(
+    _inputs = InputDefaults(_config.train_image_size, _config.test_image_size, _config.randaugment)
+    register_model(_name, inputs=_inputs)(functools.partial(create_nfnet, _config))
+    register_model(f"bn_{_name}", family=_name, norm="bn", inputs=_inputs)(functools.partial(
         create_nfnet,
         dataclasses.replace(_config, normalization="batch", weight_standardization=False),
     ))

@@ -1,4 +1,5 @@
-"""BatchNorm twins of the NF-ResNets: the baselines of PAPER.md §7 (Fig. 2a, [I] Fig. 1).
+"""BatchNorm twins of the NF-ResNets: the baselines of Brock et al. 2021 Fig. 2a and [I] Fig. 1
+(Brock, De, Smith, ICLR 2021, arXiv 2101.08692).
 
 Each twin has its NF partner's topology (same blocks, widths, strides, shortcuts, stem and
 head; built by the same code in ``study.models.nf_resnet``) with BatchNorm before every
@@ -7,7 +8,9 @@ standard pre-activation ResNet (He et al. 2016, "Identity Mappings"), with a fin
 before pooling.
 
 Where we differ from common BN ResNets: the last BN of each branch is not zero-initialised
-(that would be SkipInit by another name, which the twin is meant to lack).
+(that would be SkipInit by another name, which the twin is meant to lack). The classifier
+starts at N(0, 0.01) like its NF partner's, where the official BN ResNet
+(``nfnets/resnet.py``) defaults to a zero one: the twins differ only in normalisation.
 """
 
 from __future__ import annotations
@@ -27,4 +30,5 @@ BN_TWINS: dict[str, str] = {
 """BatchNorm twin name → NF partner name."""
 
 for _name, _partner in BN_TWINS.items():
-    register_model(_name)(functools.partial(create_resnet, bn_twin(RESNET_VARIANTS[_partner])))
+    register_model(_name, family=_partner, norm="bn")(
+        functools.partial(create_resnet, bn_twin(RESNET_VARIANTS[_partner])))

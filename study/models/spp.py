@@ -1,4 +1,5 @@
-"""Signal-propagation statistics at initialisation ([I] §3, PAPER.md §2 last bullet)."""
+"""Signal-propagation statistics at initialisation ([I] §3: Brock, De, Smith, ICLR 2021,
+arXiv 2101.08692)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Optimisation: AGC (PAPER.md §4), SAM (§5), Nesterov SGD with its schedule and EMA (§6)."""
+"""Optimisation: AGC (Brock et al. 2021 §4), SAM (§5), Nesterov SGD with its schedule and EMA."""
 
 from study.optim.agc import AGC, adaptive_grad_clip_, agc_parameters
 from study.optim.ema import EMA

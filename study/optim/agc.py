@@ -1,4 +1,4 @@
-"""Adaptive Gradient Clipping (AGC), PAPER.md §4.
+"""Adaptive Gradient Clipping (AGC), arXiv 2102.06171.
 
 Brock et al. 2021, §4; official code: ``deepmind-research/nfnets/agc_optax.py``.
 
@@ -12,7 +12,7 @@ Linear weight (O, I) reduces dim 1 (one row per output unit; reducing dim 0 is t
 bug), and a tensor with ``ndim <= 1`` (bias, gain, SkipInit scalar) is one unit. ``mode="layer"``
 treats every whole tensor as one unit (the paper's layer-wise variant).
 
-Vectorisation (DESIGN.md, performance rules). :class:`AGC` re-homes the parameters it clips
+Vectorisation. :class:`AGC` re-homes the parameters it clips
 into one flat buffer per (device, dtype), ordered by unit length, and keeps their gradients in
 a twin flat buffer (the flat-parameter layout of apex and FSDP). Every unit is then a row of a
 2-D view of a region of equal unit length, so one step costs one norm call per distinct unit
@@ -261,7 +261,7 @@ def _clip_plan_(plan: _Plan, clipping: float, eps: float) -> None:
 
 def adaptive_grad_clip_(parameters: torch.Tensor | Iterable[torch.Tensor], clipping: float,
                         eps: float = 1e-3, mode: str = "unit") -> None:
-    """Clips gradients in place by their norm relative to the weight norm (PAPER.md §4).
+    """Clips gradients in place by their norm relative to the weight norm (Brock et al. 2021, §4).
 
     Functional form of :class:`AGC`, shaped like ``torch.nn.utils.clip_grad_norm_``; it plans
     the reductions on every call, so a training loop should keep an :class:`AGC` instead.
@@ -292,7 +292,7 @@ def agc_parameters(model: nn.Module,
                    exclude: Sequence[str] = ("classifier.weight",)) -> list[nn.Parameter]:
     """The trainable parameters of ``model`` that AGC clips: all but the excluded ones.
 
-    The paper leaves only the final classifier's weight unclipped (PAPER.md §4, §4.1).
+    The paper leaves only the final classifier's weight unclipped (Brock et al. 2021, §4.1).
 
     Args:
         model: the network, unwrapped (not the DDP or compiled wrapper, whose names carry a

@@ -1,8 +1,17 @@
-"""Exponential moving average of the weights, evaluated in place of the model (PAPER.md §6).
+"""Exponential moving average of the weights, evaluated beside the model (Brock et al. 2021,
+arXiv 2102.06171, App. A: decay 0.99999; official ``nfnets/utils.py`` ``tf1_ema`` applied in
+``experiment.py`` to the parameters *and* the states).
 
-The paper evaluates an EMA of the weights with decay 0.99999 and a warmup of the decay,
 ``decay_t = min(decay, (1 + t) / (10 + t))``, so that early averages are not dominated by the
-random initialisation. Buffers (BatchNorm running statistics) are copied, not averaged.
+random initialisation. Every floating-point parameter and buffer is averaged (BatchNorm's
+running mean and variance too, as the official code averages Haiku's states); integer
+buffers (BatchNorm's ``num_batches_tracked``) are copied.
+
+The tensors are paired once, at construction, so a step is one ``torch._foreach_lerp_`` (and
+one ``_foreach_copy_`` when there are integer buffers) with the decay as a scalar argument: no
+walk over the module tree and no host sync per step. The model's parameters are held as the
+``Parameter`` objects themselves, so a later ``p.data = …`` (AGC's flat buffer) is followed;
+its buffers by (module, name), so a buffer replaced by ``model.to(…)`` is followed too.
 """
 
 from __future__ import annotations
@@ -23,10 +32,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class EMA:
-    """An averaged copy of a model.
+    """An averaged copy of a model that follows the model's own tensors.
 
     Args:
-        model: the network being trained (DDP or compiled wrappers are unwrapped).
+        model: the network being trained (DDP or compiled wrappers are unwrapped). Its
+            parameters and buffers are the ones averaged at every :meth:`update_`: they must
+            stay the same tensor objects (``load_state_dict`` and optimizers keep them).
         decay: the largest decay, in [0, 1).
 
     Raises:
@@ -36,46 +47,39 @@ class EMA:
         >>> ema = EMA(model, decay=0.99999)
         >>> for step, batch in enumerate(batches):
         ...     train_step(model, batch)
-        ...     ema.update_(model, step)
+        ...     ema.update_(step)
         >>> evaluate(ema.module)
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.99999):
         if not 0 <= decay < 1:
-            raise ConfigError(f"ema.decay: got {decay!r}; allowed: 0 <= decay < 1")
+            raise ConfigError(f"optim.ema_decay: got {decay!r}; allowed: 0 <= decay < 1")
         self.decay = float(decay)
-        self.module = copy.deepcopy(_unwrap(model)).eval()
+        source = _unwrap(model)
+        self.module = copy.deepcopy(source).eval()
         self.module.requires_grad_(False)
-        names = [n for n, _ in self.module.named_parameters()]
-        self._params = [p for _, p in self.module.named_parameters()]
-        self._buffers = [b for _, b in self.module.named_buffers()]
-        self._names = (names, [n for n, _ in self.module.named_buffers()])
+        buffers = [(name, b) for name, b in self.module.named_buffers()]
+        owners = [(source.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]) for name, _ in buffers]
+        floating = [i for i, (_, b) in enumerate(buffers) if b.is_floating_point()]
+        exact = [i for i, (_, b) in enumerate(buffers) if not b.is_floating_point()]
+        self._averaged = list(self.module.parameters()) + [buffers[i][1] for i in floating]
+        self._param_sources = list(source.parameters())
+        self._buffer_sources = [owners[i] for i in floating]
+        self._copied, self._copy_sources = [buffers[i][1] for i in exact], [owners[i] for i in exact]
 
     def decay_at(self, step: int) -> float:
         """``min(decay, (1 + step) / (10 + step))``, the decay used at ``step``."""
         return min(self.decay, (1.0 + step) / (10.0 + step))
 
-    def update_(self, model: nn.Module, step: int) -> None:
-        """Moves the average towards ``model``'s weights and copies its buffers.
-
-        ``ema <- d * ema + (1 - d) * w`` with ``d = decay_at(step)``, for every parameter.
+    def update_(self, step: int) -> None:
+        """Moves the average towards the model: ``ema <- d * ema + (1 - d) * w`` with
+        ``d = decay_at(step)`` for every floating parameter and buffer; integer buffers copied.
 
         Args:
-            model: the trained network, with the same parameter and buffer names as at
-                construction.
-            step: optimizer steps taken (0-based, the ``t`` of the paper's formula).
-
-        Raises:
-            ValueError: ``model`` has parameters or buffers other than at construction.
+            step: optimizer steps taken before this update (0-based, the ``t`` of the formula).
         """
-        model = _unwrap(model)
-        named_params = list(model.named_parameters())
-        named_buffers = list(model.named_buffers())
-        if ([n for n, _ in named_params], [n for n, _ in named_buffers]) != self._names:
-            raise ValueError("EMA.update_: the model's parameters/buffers differ from the "
-                             "model the EMA was built from")
-        d = self.decay_at(step)
+        sources = self._param_sources + [module._buffers[name] for module, name in self._buffer_sources]
         with torch.no_grad():
-            torch._foreach_lerp_(self._params, [p.detach() for _, p in named_params], 1.0 - d)
-            if self._buffers:  # a Normalizer-Free model may have none
-                torch._foreach_copy_(self._buffers, [b for _, b in named_buffers])
+            torch._foreach_lerp_(self._averaged, sources, 1.0 - self.decay_at(step))
+            if self._copied:
+                torch._foreach_copy_(self._copied, [module._buffers[name] for module, name in self._copy_sources])

@@ -1,4 +1,5 @@
-"""Sharpness-Aware Minimisation and the paper's cheap variant (PAPER.md §5).
+"""Sharpness-Aware Minimisation and the paper's cheap variant (Brock et al. 2021,
+arXiv 2102.06171, §5.1 and App. A.4; Foret et al. 2021, arXiv 2010.01412).
 
 Foret et al. 2021 (SAM); Brock et al. 2021, §5 and App. A.4. One SAM step:
 
@@ -12,13 +13,17 @@ Foret et al. 2021 (SAM); Brock et al. 2021, §5 and App. A.4. One SAM step:
 paper's variant, +20-40% cost; a different batch destroys the benefit). The ascent is local to
 each replica: under DDP it runs inside ``model.no_sync()``. The direction ``g / ||g||`` does not
 depend on the scale of the loss, so an AMP-scaled loss gives the same ``e``.
+
+The ascent runs the forward the descent runs: the trainer passes its (compiled) forward, its
+autocast context and its gradient scaler's ``scale``, so under bf16 or ``train.compile`` the
+ascent costs what the paper's "+20-40%" measures, not an fp32 eager pass.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -70,7 +75,10 @@ class SAM:
         return min(batch_size, max(1, math.ceil(self.fraction * batch_size)))
 
     def ascend_(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                inputs: torch.Tensor, targets: torch.Tensor, *,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                autocast: Callable[[], AbstractContextManager] = nullcontext,
+                scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Moves the weights to ``W + e``; every ``.grad`` is ``None`` afterwards.
 
         Existing gradients are discarded. BatchNorm running statistics are saved before and
@@ -78,8 +86,13 @@ class SAM:
 
         Args:
             loss_fn: ``loss_fn(outputs, targets) -> scalar loss``.
-            inputs: the batch (first dim = examples); ``model(inputs[:n])`` is called.
+            inputs: the batch (first dim = examples); ``forward(inputs[:n])`` is called.
             targets: the matching targets (class indices or soft targets).
+            forward: the callable that runs the model (e.g. its ``torch.compile`` of the same
+                module); ``None`` calls the model given to the constructor.
+            autocast: returns the context the forward runs in (the descent's autocast).
+            scale: applied to the ascent loss before ``backward`` (an AMP ``GradScaler.scale``,
+                so fp16 gradients do not underflow; the direction is unchanged).
 
         Returns:
             The ascent loss, detached (no device sync).
@@ -95,9 +108,11 @@ class SAM:
             p.grad = None
         norm_stats = _save_running_stats(self.model)
         no_sync = getattr(self.model, "no_sync", nullcontext)
+        forward = self.model if forward is None else forward  # not `or`: a compiled module has no truth value
         with no_sync():
-            loss = loss_fn(self.model(inputs[:n]), targets[:n])
-            loss.backward()
+            with autocast():
+                loss = loss_fn(forward(inputs[:n]), targets[:n])
+            (loss if scale is None else scale(loss)).backward()
         _restore_running_stats_(norm_stats)
         with torch.no_grad():
             self._perturbed = [p for p in params if p.grad is not None]
@@ -105,8 +120,8 @@ class SAM:
             if grads:
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
                 self._saved = [p.detach().clone() for p in self._perturbed]
-                scale = self.rho / norm.clamp(min=_NORM_FLOOR)
-                torch._foreach_add_(self._perturbed, torch._foreach_mul(grads, scale))
+                step = self.rho / norm.clamp(min=_NORM_FLOOR)
+                torch._foreach_add_(self._perturbed, torch._foreach_mul(grads, step))
         for p in params:
             p.grad = None
         self._ascended = True

@@ -1,9 +1,9 @@
-"""Nesterov SGD, its parameter groups and the learning-rate schedule (PAPER.md §6).
+"""Nesterov SGD, its parameter groups and the learning-rate schedule.
 
 The paper trains with Nesterov momentum 0.9, weight decay 2e-5 on weights only (not on gains,
 biases or SkipInit gains), a linear warmup and a cosine decay to zero.
 
-Order of operations (PAPER.md §4): clip, then weight decay, then momentum. The trainer calls
+Order of operations (official ``SGD_AGC``): clip, then weight decay, then momentum. The trainer calls
 AGC on ``.grad`` before ``optimizer.step()``; ``torch.optim.SGD`` adds ``weight_decay * W`` to
 that clipped gradient inside ``step()`` and only then updates the momentum buffer, so the order
 holds. Under AMP the trainer must ``scaler.unscale_(optimizer)`` before clipping, so that AGC
@@ -74,18 +74,19 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> flo
         The learning rate, a Python float.
 
     Raises:
-        ConfigError: a negative step, ``total_steps < 1`` or warmup outside [0, total_steps].
+        ValueError: a negative step, ``total_steps < 1`` or warmup outside [0, total_steps]
+            (a caller's bug: the trainer derives them from a validated config).
 
     Example:
         >>> lr_at(0, total_steps=100, warmup_steps=10, peak_lr=1.6)
         0.16
     """
     if step < 0:
-        raise ConfigError(f"step: got {step}; allowed: >= 0")
+        raise ValueError(f"step: got {step}; allowed: >= 0")
     if total_steps < 1:
-        raise ConfigError(f"total_steps: got {total_steps}; allowed: >= 1")
+        raise ValueError(f"total_steps: got {total_steps}; allowed: >= 1")
     if not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(f"warmup_steps: got {warmup_steps}; allowed: 0..{total_steps} "
+        raise ValueError(f"warmup_steps: got {warmup_steps}; allowed: 0..{total_steps} "
                           "(total_steps)")
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
@@ -97,7 +98,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> flo
 
 def build_optimizer(model: nn.Module, lr: float, *, momentum: float = 0.9,
                     nesterov: bool = True, weight_decay: float = 2e-5) -> torch.optim.SGD:
-    """SGD with (Nesterov) momentum over :func:`param_groups` of ``model`` (PAPER.md §6).
+    """SGD with (Nesterov) momentum over :func:`param_groups` of ``model``.
 
     Call AGC on the (all-reduced, AMP-unscaled) gradients before ``step()``: the clipped
     gradient then receives weight decay and enters the momentum buffer, the paper's order.

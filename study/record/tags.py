@@ -16,6 +16,15 @@ OUTCOME = "nfstudy.outcome"
 ERROR = "nfstudy.error"
 """Why a run was closed FAILED or KILLED."""
 GIT_COMMIT = "nfstudy.git_commit"
+"""The git commit of the code that ran, for information (identity is :data:`CODE`)."""
+GIT_DIRTY = "nfstudy.git_dirty"
+"""``true`` when the work tree had uncommitted changes, ``false``, or ``unknown``."""
+CODE = "nfstudy.code"
+"""Fingerprint of the source that trains (``study.config.code_fingerprint``). A FINISHED run
+with another fingerprint than the running code is *stale*: never reused silently."""
+SUPERSEDED = "superseded"
+"""Value of :data:`ROLE` on a stale child run retrained by ``nfstudy run --rerun-stale``: kept
+for its history, no longer a child run (no query for results sees it)."""
 HOST = "nfstudy.host"
 COPIED_FROM = "nfstudy.copied_from"
 """Run id of the FINISHED run (of another study) that a copied run was made from."""
@@ -46,6 +55,20 @@ PRUNED = "pruned"
 LOST = "lost"
 RESULT_OUTCOMES = (COMPLETED, DIVERGED)
 """Outcomes that are results (a pruned or lost run is not)."""
+
+# -- metrics of a child run: what the trainer records, and all a report or search may read --
+EPOCH_METRICS = ("train/loss", "val/loss", "val/top1", "val/top1_ema")
+"""Scores logged after every epoch (``step`` = epoch; ``val/top1_ema`` with ``optim.ema_decay``):
+what a search's pruner can watch."""
+EPOCH_TIMINGS = ("time/epoch_s", "time/images_per_s", "lr")
+"""Also logged after every epoch."""
+FINAL_METRICS = ("test/top1", "test/loss", "test/top1_ema", "test/loss_ema", "time/step_ms", "time/total_s", "epochs",
+                 "steps")
+"""Logged once, when the run ends (the test split is evaluated only then; ``*_ema`` with
+``optim.ema_decay``)."""
+METRICS = EPOCH_METRICS + EPOCH_TIMINGS + FINAL_METRICS + tuple(f"final/{name}" for name in EPOCH_METRICS)
+"""Every metric name a child run can carry: ``final/*`` copy the last epoch's scores. A study's
+``metric``, its figures' ``y`` and the report's claims are checked against this list."""
 
 # -- Optuna trial attrs ----------------------------------------------------------------------------
 OWNER_ATTR = "nfstudy:owner"

@@ -17,10 +17,8 @@ database restarting) is retried for up to :func:`study.record.outage.outage_s`.
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,18 +28,20 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from study import paths
+from study.config.code_fingerprint import code_tags
+from study.config.run_config import run_params
 from study.errors import TrackingError
 from study.record import outage, stores
 from study.record.optuna_storage import lock_beside
 from study.record.spool import SpoolWriter, finished as spool_finished
 from study.record.tags import (
     ARM,
+    CODE,
     COMPLETED,
     COPIED_FROM,
     DIVERGED,
     ERROR,
     EXPERIMENT_KIND,
-    GIT_COMMIT,
     HASH,
     HOST,
     NOTE,
@@ -57,18 +57,6 @@ from study.redaction import first_line, redact
 def param_value(value: Any) -> str:
     """How a config value is stored as an MLflow param (lists as JSON, None as ``None``)."""
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-@functools.cache
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class Tracking:
@@ -150,7 +138,7 @@ class Tracking:
         if self._online():
             try:
                 known.update(self.retry(lambda: {run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
-                                                 for run in self._finished_runs([experiment_id])}))
+                                                 for run in self.finished_runs([experiment_id])}))
                 outcomes.update(known)
             except Exception:
                 if self.reachable():
@@ -212,7 +200,8 @@ class Tracking:
             self.client.delete_run(mine)
         return experiment_id, oldest
 
-    def _finished_runs(self, experiment_ids: list[str]):
+    def finished_runs(self, experiment_ids: list[str]):
+        """The FINISHED child runs of the experiments, page by page (the results)."""
         token = None
         while True:
             page = self.client.search_runs(
@@ -229,18 +218,19 @@ class Tracking:
         """``{config hash: run id}`` of the FINISHED child runs (the results)."""
         done: dict[str, str] = {}
         known = self._known.setdefault(experiment_id, {})
-        for run in self._finished_runs([experiment_id]):
+        for run in self.finished_runs([experiment_id]):
             done.setdefault(run.data.tags.get(HASH, ""), run.info.run_id)
             known[run.data.tags.get(HASH, "")] = run.data.tags.get(OUTCOME, COMPLETED)
         return done
 
     def adopt_finished(self, experiment_id: str, parent_id: str, study: str,
-                       wanted: dict[str, tuple[str, str]]) -> int:
+                       wanted: dict[str, tuple[str, str]], code: str | None = None) -> int:
         """Copy into this study the FINISHED runs other studies already made of the same
         configs, so a config hash is trained once whichever study asks for it.
 
         Args:
             wanted: ``{config hash: (arm, run name)}`` of this study's unfinished runs.
+            code: copy only runs of this code fingerprint (``None``: stale runs too).
 
         Returns:
             How many runs were copied (params, tags, full metric histories; the copy is
@@ -251,9 +241,9 @@ class Tracking:
         if not others or not wanted:
             return 0
         copied = 0
-        for run in self._finished_runs(others):
+        for run in self.finished_runs(others):
             config_hash = run.data.tags.get(HASH)
-            if config_hash not in wanted:
+            if config_hash not in wanted or (code is not None and run.data.tags.get(CODE) != code):
                 continue
             arm, run_name = wanted.pop(config_hash)
             tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
@@ -279,9 +269,10 @@ class Tracking:
         the same call that creates the run, e.g. the queue trial that owns it).
 
         While the server does not answer, the child run is spooled (:mod:`study.record.spool`)."""
+        params = run_params(params)
         tags = {
             PARENT_ID: parent_id, ROLE: "child", STUDY: study, ARM: arm, HASH: config_hash,
-            GIT_COMMIT: git_commit(), HOST: socket.gethostname(),
+            **code_tags(), HOST: socket.gethostname(),
             **(tags or {}),
         }
         header = {"study": study, **self._studies.get(experiment_id, {"description": ""}),

@@ -25,12 +25,14 @@ from typing import Any
 from optuna.trial import TrialState
 
 from study import paths
+from study.config.code_fingerprint import code_fingerprint
 from study.config.expand import PlannedRun
 from study.config.study_file import StudySpec
 from study.errors import ConfigError
 from study.record.tags import ENDED_ATTR
 from study.record.tracking import Tracking
 from study.run.queue import EndKind, Job, RunQueue, plan_id
+from study.run.run_cache import Stale, Survey, supersede, survey
 from study.run.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
 
 #: Seconds between the coordinator's looks at the queue and its workers.
@@ -63,6 +65,8 @@ class Prepared:
     done_before: set[str]
     adopted: int = 0
     recovered: int = 0
+    survey: Survey | None = None
+    """What the plan found recorded (done, stale, copies): the line ``--dry-run`` predicts."""
 
 
 def jobs_for(spec: StudySpec, runs: list[PlannedRun], experiment_id: str, parent_id: str) -> list[Job]:
@@ -72,7 +76,8 @@ def jobs_for(spec: StudySpec, runs: list[PlannedRun], experiment_id: str, parent
             for run in runs]
 
 
-def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: RunQueue) -> Prepared:
+def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: RunQueue,
+            stale: Stale = Stale.STOP) -> Prepared:
     """Make MLflow and the queue ready for workers: experiment and parent, adopted results,
     recovered lost runs, and one queue entry per config not FINISHED.
 
@@ -81,21 +86,27 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
 
     Raises:
         TrackingError: the tracking store or the queue cannot be used.
+        StaleRunsError: runs trained by other code were found and ``stale`` is ``STOP``.
     """
     plan = plan_id(run.config_hash for run in runs)
     with queue.lock():  # one coordinator at a time copies results and fills the queue
         experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
-        done = set(tracking.retry(lambda: tracking.finished_hashes(experiment_id)))
+        found = survey(tracking, spec.name, runs, stale)  # what --dry-run predicted
+        found.check(spec.name)
+        supersede(tracking, found)
+        done = set(found.kept)
         wanted = {run.config_hash: (run.arm, run.name) for run in runs if run.config_hash not in done}
-        adopted = tracking.retry(lambda: tracking.adopt_finished(experiment_id, parent_id, spec.name, dict(wanted))) \
-            if wanted else 0
+        code = None if stale == Stale.REUSE else code_fingerprint()
+        adopted = tracking.retry(lambda: tracking.adopt_finished(experiment_id, parent_id, spec.name, dict(wanted),
+                                                                 code)) if wanted else 0
         if adopted:
             done = set(tracking.retry(lambda: tracking.finished_hashes(experiment_id)))
     recovered = recover_lost(queue, tracking)
     kill_orphan_runs(tracking, queue, experiment_id, "left RUNNING by a worker that is gone")
     todo = [run for run in runs if run.config_hash not in done]
     queue.enqueue(jobs_for(spec, todo, experiment_id, parent_id), plan=plan)
-    return Prepared(experiment_id, parent_id, plan, done & {run.config_hash for run in runs}, adopted, recovered)
+    return Prepared(experiment_id, parent_id, plan, done & {run.config_hash for run in runs}, adopted, recovered,
+                    found)
 
 
 def visible_gpus() -> list[str]:
@@ -186,6 +197,7 @@ def execute(
     on_event: RunEvent | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     nproc_per_node: int = 1,
+    stale: Stale = Stale.STOP,
 ) -> Summary:
     """Train every run of ``runs`` not yet FINISHED, through the study's queue.
 
@@ -200,6 +212,7 @@ def execute(
         on_event: per-run events (see :func:`study.run.worker.run_worker`).
         on_epoch: per-epoch metrics (in-process worker only).
         nproc_per_node: processes (GPUs) per run: each run becomes a torchrun DDP job.
+        stale: what to do with FINISHED runs trained by other code (:mod:`study.run.run_cache`).
 
     Returns:
         A :class:`Summary`, read back from MLflow at the end (``interrupted`` after Ctrl-C
@@ -207,11 +220,12 @@ def execute(
 
     Raises:
         TrackingError: the tracking store or the queue storage cannot be used.
+        StaleRunsError: stale runs were found and ``stale`` is ``STOP``.
     """
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     queue = RunQueue(spec.name, storage, create=True)
-    prepared = prepare(spec, runs, tracking, queue)
+    prepared = prepare(spec, runs, tracking, queue, stale)
     if on_prepared:
         on_prepared(prepared)
     plan = {run.config_hash for run in runs}

@@ -29,9 +29,10 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from study import paths
+from study.config.expand import fixed_overrides
 from study.config.run_config import HASH_EXCLUDED_KEYS, make_config
 from study.config.search_space import EPOCH_METRICS, Distribution, SearchSpec
-from study.config.study_file import StudySpec, load_preset
+from study.config.study_file import StudySpec
 from study.errors import ConfigError
 from study.record import optuna_storage
 from study.record.tags import (
@@ -149,8 +150,7 @@ def plan_search(spec: StudySpec, preset: str | None = None, overrides: dict[str,
     if search.pruner.name != "none" and metric not in EPOCH_METRICS:
         raise ConfigError(f"{spec.name}: search.pruner '{search.pruner.name}' needs a per-epoch metric "
                           f"({', '.join(EPOCH_METRICS)}), got '{metric}'; or set pruner: none")
-    base = load_preset(preset or spec.base) if (preset or spec.base) else {}
-    fixed = {**base, **spec.fixed, "seed": spec.seeds[0], **overrides}
+    fixed = {**fixed_overrides(spec, preset, overrides), "seed": spec.seeds[0]}
     for key, value in space.items():
         for end in (value.low, value.high) if isinstance(value, Distribution) else value:
             make_config({**fixed, key: end}, where=f"{spec.name}: search {key}={end}")

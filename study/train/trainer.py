@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from study.config.run_config import RunConfig
 from study.data import build_data
-from study.data.augment import mixup_cutmix
 from study.models import build_model
 from study.optim.agc import AGC, agc_parameters
 from study.optim.ema import EMA
@@ -123,7 +122,8 @@ def train(
     Returns:
         ``outcome`` (``completed`` or ``diverged``), ``val/top1``, ``val/loss``,
         ``test/top1``, ``test/loss``, ``train/loss``, ``time/step_ms``, ``time/total_s``,
-        ``epochs``, ``steps``.
+        ``epochs``, ``steps``; with ``optim.ema_decay`` also ``test/top1_ema`` and
+        ``test/loss_ema`` (the EMA weights on the test split).
 
     Example:
         >>> from study import expand, load_study, train
@@ -134,10 +134,13 @@ def train(
     world.local_batch_size(config.real_batch_size)
     seed_everything(config.seed + world.rank)  # the data order uses config.seed on every rank
     device = world.device(resolve_device(config.train.device))
-    data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last)
+    data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last,
+                      model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
-    forward = torch.compile(replicated) if config.train.compile else replicated
+    # Static shapes: SAM's ascent runs a smaller batch, which gets its own graph instead of
+    # turning the step's graph dynamic.
+    forward = torch.compile(replicated, dynamic=False) if config.train.compile else replicated
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
                                 nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
     agc = (AGC(agc_parameters(model, config.agc.exclude), config.agc.clipping, eps=config.agc.eps,
@@ -149,9 +152,8 @@ def train(
     precision = Precision(config.train.precision, device)
     scaler = precision.scaler
     loss_fn = functools.partial(_loss, label_smoothing=config.train.label_smoothing)
-    generators = {"mixup": torch.Generator(device=device).manual_seed(config.seed)} if config.data.mixup else {}
     checkpoints = Checkpointer(config.config_hash(), config.train.checkpoint_every, world, model=model,
-                               optimizer=optimizer, scaler=scaler, generators=generators, device=device,
+                               optimizer=optimizer, scaler=scaler, generators={}, device=device,
                                ema_module=ema.module if ema is not None else None)
     progress = checkpoints.resume()
     step, train_loss, epochs_done = progress.step, progress.train_loss, progress.first_epoch
@@ -163,19 +165,14 @@ def train(
         loss_sum = torch.zeros((), device=device)
         batches = 0
         epoch_start = time.perf_counter()
-        for x, y in data.train:
+        for x, targets in data.train:  # this rank's rows of the global batch, MixUp/CutMix done
             if step >= schedule.total_steps:
                 break
             lr = lr_at(step, schedule.total_steps, schedule.warmup_steps, config.peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            targets = y
-            if config.data.mixup:  # on the global batch: every rank mixes the same pairs
-                x, targets = mixup_cutmix(x, y, data.num_classes, alpha=config.data.mixup_alpha,
-                                          generator=generators["mixup"])
-            x, targets = world.shard(x), world.shard(targets)  # this rank's slice
-            if sam is not None:
-                sam.ascend_(loss_fn, x, targets)
+            if sam is not None:  # the ascent runs the descent's forward, autocast and scaling
+                sam.ascend_(loss_fn, x, targets, forward=forward, autocast=precision.autocast, scale=scaler.scale)
             with precision.autocast():
                 loss = loss_fn(forward(x), targets)
             scaler.scale(loss).backward()
@@ -188,7 +185,7 @@ def train(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update_(model, step)
+                ema.update_(step)
             loss_sum += loss.detach()
             batches += 1
             step += 1
@@ -218,13 +215,26 @@ def train(
             on_epoch(epoch, metrics)
         checkpoints.after_epoch(epoch, step, metrics)
 
-    chance = {"top1": 1.0 / data.num_classes, "loss": float("nan")}
-    test = chance if outcome == DIVERGED else evaluate(model, data.test, precision.autocast)
-    val = chance if outcome == DIVERGED else val
+    val = {"top1": 1.0 / data.num_classes, "loss": float("nan")} if outcome == DIVERGED else val
     checkpoints.finished()
-    return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "test/top1": test["top1"],
-            "test/loss": test["loss"], "train/loss": train_loss, "time/step_ms": _step_ms(epoch_times),
-            "time/total_s": time.perf_counter() - start, "epochs": epochs_done, "steps": step}
+    return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "train/loss": train_loss,
+            **_test_metrics(model, ema, data, precision, diverged=outcome == DIVERGED),
+            "time/step_ms": _step_ms(epoch_times), "time/total_s": time.perf_counter() - start,
+            "epochs": epochs_done, "steps": step}
+
+
+def _test_metrics(model: torch.nn.Module, ema: EMA | None, data, precision: Precision, *,
+                  diverged: bool) -> dict[str, float]:
+    """``test/top1`` and ``test/loss`` (chance and NaN for a diverged run), and the same of the
+    EMA weights as ``test/top1_ema``, ``test/loss_ema``: the paper reports those, so reports
+    lead with them."""
+    chance = {"top1": 1.0 / data.num_classes, "loss": float("nan")}
+    metrics = {}
+    for suffix, net in (("", model), ("_ema", None if ema is None else ema.module)):
+        if net is not None:
+            test = chance if diverged else evaluate(net, data.test, precision.autocast)
+            metrics |= {f"test/top1{suffix}": test["top1"], f"test/loss{suffix}": test["loss"]}
+    return metrics
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float) -> torch.Tensor:
@@ -233,7 +243,8 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float
 
 def _build_model(config: RunConfig, data, device: torch.device) -> torch.nn.Module:
     model = build_model(config.model.resolved_name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        dropout=config.model.dropout, stochastic_depth=config.model.stochastic_depth).to(device)
+                        dropout=config.model.dropout, stochastic_depth=config.model.stochastic_depth,
+                        classifier_init_std=config.model.classifier_init_std).to(device)
     return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 

@@ -1,4 +1,5 @@
-"""A real SQLite MLflow store filled with the layout study.record.tracking writes (DESIGN.md)."""
+"""Real stores filled as the framework writes them: an SQLite MLflow store with the layout
+of study.record.tracking, and Optuna studies as ``nfstudy search`` leaves them."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import json
 import math
 from types import SimpleNamespace
 
+import optuna
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from study.record.tags import SEARCH
 
 
 def _param_text(value) -> str:
@@ -97,3 +103,27 @@ def store_filler():
 def clip_threshold_study():
     """``(spec, runs)`` of the Fig. 2b-like synthetic study."""
     return clip_threshold_spec(), clip_threshold_runs()
+
+
+def add_search_study(storage, study: str, name: str, batch, trials: list[tuple]) -> None:
+    """An Optuna study laid out as ``nfstudy search`` leaves one: the ``nfstudy.search`` and
+    ``fixed`` user attrs, and one trial per ``(params, value, state, outcome)``."""
+    created = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    created.set_user_attr(SEARCH, study)
+    created.set_user_attr("fixed", {"data.batch_size": batch, "data.device_batch_size": 128, "optim.lr": 0.1,
+                                    "train.steps": 150})
+    spaces = {"agc.clipping": FloatDistribution(0.001, 1.0, log=True), "data.batch_size": FloatDistribution(64, 4096),
+              "optim.lr": FloatDistribution(0.01, 1.0, log=True)}
+    for number, (params, value, state, outcome) in enumerate(trials):
+        created.add_trial(create_trial(
+            params=params, distributions={k: spaces[k] for k in params},
+            value=value if state == TrialState.COMPLETE else None, state=state,
+            intermediate_values={0: value} if state == TrialState.PRUNED else {},
+            user_attrs={"outcome": outcome, "mlflow_run_id": f"run{number}", "test/top1": value},
+        ))
+
+
+@pytest.fixture(scope="session")
+def search_filler():
+    """:func:`add_search_study`, for tests."""
+    return add_search_study

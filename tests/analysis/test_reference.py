@@ -1,32 +1,39 @@
+"""The table of paper results: every entry is complete, reads only data it declares, and
+carries the paper's recommendation that the search report prints."""
+
 import pandas as pd
 import pytest
 
-from analysis.reference import INCONCLUSIVE, NOT_SUPPORTED, REFERENCES, SUPPORTED, RuleContext, reference
+from analysis import roles
+from analysis.reference import (
+    BEST_LAMBDA,
+    REFERENCES,
+    RUNS,
+    SPP,
+    Claim,
+    PaperResult,
+    reference,
+    search_recommendation,
+)
+from analysis.rules import RuleContext
 from study.errors import ConfigError
 
-SEEDS = (0, 1, 2)
+
+@pytest.mark.parametrize("key", sorted(REFERENCES))
+def test_every_paper_result_has_judged_claims_and_a_figure(key):
+    result = reference(key)
+    assert result.key == key and result.claims and result.figures and result.numbers
+    for claim in result.claims:
+        assert claim.rule_text.lower().startswith(("supported", "at the", "the best")) and "otherwise" in claim.rule_text
+        assert claim.data in {RUNS, *(need.name for need in result.needs)}
+    assert len({claim.id for claim in result.claims}) == len(result.claims)
 
 
-def _run(seed, accuracy, outcome="completed", **params):
-    wobble = 0.004 * (seed - 1)
-    return {"seed": seed, "outcome": outcome, "val/top1": accuracy + wobble, "test/top1": accuracy - wobble,
-            **params}
+def test_the_registered_studies_name_known_paper_results():
+    from study.config.study_file import list_studies, load_study
 
-
-def _claim(key, claim_id):
-    return next(c for c in reference(key).claims if c.id == claim_id)
-
-
-def _judge(key, claim_id, rows, grid_keys=()):
-    return _claim(key, claim_id).judge(pd.DataFrame(rows), RuleContext(grid_keys=tuple(grid_keys)))
-
-
-def test_every_paper_key_has_claims_with_rule_text():
-    assert set(REFERENCES) == {"fig2a", "fig2b", "unit-vs-layer", "clip-final-layer", "table6", "table3-sam", "spp"}
-    for result in REFERENCES.values():
-        assert result.claims
-        for claim in result.claims:
-            assert claim.rule_text.lower().startswith(("supported", "at the", "the best")) and "otherwise" in claim.rule_text
+    papers = {load_study(name).paper for name in list_studies()} - {None}
+    assert papers and papers <= set(REFERENCES)
 
 
 def test_unknown_paper_key_is_a_config_error():
@@ -34,97 +41,48 @@ def test_unknown_paper_key_is_a_config_error():
         reference("fig9")
 
 
-@pytest.mark.parametrize("unit, layer, expected", [(0.95, 0.90, SUPPORTED), (0.90, 0.95, NOT_SUPPORTED),
-                                                   (0.90, 0.90, INCONCLUSIVE)])
-def test_unit_vs_layer(unit, layer, expected):
-    rows = []
-    for batch in (256, 1024):
-        for seed in SEEDS:
-            rows.append(_run(seed, unit + 0.01 * (seed == 1 and unit == layer), **{"agc.mode": "unit", "data.batch_size": batch}))
-            rows.append(_run(seed, layer, **{"agc.mode": "layer", "data.batch_size": batch}))
-    verdict = _judge("unit-vs-layer", "unit-beats-layer", rows, ["data.batch_size"])
-    assert verdict.verdict == expected
-    assert "n=6 pairs" in next(iter(verdict.numbers.values()))
+def test_an_entry_that_reads_undeclared_data_is_refused():
+    claim = Claim("c", "statement", None, "supported if …; otherwise inconclusive.", lambda frame, context: None,
+                  data=SPP.name)
+    with pytest.raises(ValueError, match="signal-propagation"):
+        PaperResult("x", "title", "source", (), (claim,))
 
 
-def test_missing_column_is_inconclusive_with_a_reason():
-    verdict = _judge("unit-vs-layer", "unit-beats-layer", [_run(0, 0.9)])
-    assert verdict.verdict == INCONCLUSIVE and "agc.mode" in verdict.reason
+def test_table6_needs_signal_propagation_of_the_resnet50_twins():
+    result = reference("table6")
+    assert result.needs == (SPP,)
+    assert {(m.name, m.norm) for m in SPP.models} == {("nf_resnet50", "nf"), ("nf_resnet50", "bn")}
+    assert [figure.data for figure in result.figures] == [RUNS, SPP.name]
+    assert [c.id for c in result.claims if c.data == SPP.name] == ["spp-bn-resets", "spp-nf-no-mean-shift"]
 
 
-def test_final_layer_reads_agc_exclude():
-    rows = [_run(s, 0.95, **{"agc.exclude": ["head.fc.weight"]}) for s in SEEDS]
-    rows += [_run(s, 0.80 + 0.01 * s, **{"agc.exclude": []}) for s in SEEDS]
-    assert _judge("clip-final-layer", "do-not-clip-classifier", rows).verdict == SUPPORTED
+def test_a_figure_is_drawn_from_the_context_it_is_given():
+    frame = pd.DataFrame([{roles.AGC_MODE: mode, roles.BATCH: batch, roles.TEST_METRIC: 0.9, "seed": 0,
+                           "outcome": "completed"} for mode in ("unit", "layer") for batch in (256, 4096)])
+    figure = reference("unit-vs-layer").figures[0]
+    pooled = figure.draw(frame, RuleContext())
+    by_batch = figure.draw(frame, RuleContext(grid_keys=(roles.BATCH,)))
+    assert pooled.axes[0].get_legend() is None  # one bar per mode, no hue
+    assert len(by_batch.axes[0].get_legend().get_texts()) == 2  # one bar group per batch size
 
 
-def _fig2b_rows(top_diverges: bool):
-    accuracy = {(256, 0.01): 0.90, (256, 0.16): 0.96, (4096, 0.01): 0.95, (4096, 0.16): 0.10 if top_diverges else 0.94}
-    return [_run(s, a, "diverged" if a < 0.2 else "completed", **{"agc.clipping": lam, "data.batch_size": b})
-            for (b, lam), a in accuracy.items() for s in SEEDS]
+@pytest.mark.parametrize("batch, expected", [(1024, "0.01"), (4096, "0.01"), (256, "larger than 0.01"),
+                                             (16384, "at most 0.01"), (None, "-")])
+def test_the_lambda_recommendation_follows_the_paper(batch, expected):
+    assert BEST_LAMBDA.at(batch).startswith(expected)
 
 
-def test_fig2b_supported_when_large_lambda_diverges_and_best_lambda_falls():
-    rows = _fig2b_rows(top_diverges=True)
-    grid = ["agc.clipping", "data.batch_size"]
-    large = _judge("fig2b", "fig2b-large-lambda", rows, grid)
-    assert large.verdict == SUPPORTED and "3 of 3 runs diverged" in large.numbers["largest λ"]
-    falls = _judge("fig2b", "fig2b-best-lambda-falls", rows, grid)
-    assert falls.verdict == SUPPORTED and "best λ 0.16" in falls.numbers["batch 256"]
+def test_the_recommendation_text_and_the_fig2b_numbers_come_from_one_place():
+    assert BEST_LAMBDA.text() == "λ = 0.01 for batch 1024–4096"
+    numbers = dict(reference("fig2b").numbers)
+    assert numbers["λ grid"] == "0.01, 0.02, 0.04, 0.08, 0.16"
+    assert numbers["best λ"].startswith(BEST_LAMBDA.text())
+    assert "{0.01, 0.02, 0.04, 0.08, 0.16} at batch 256–4096" in BEST_LAMBDA.summary()
 
 
-def test_fig2b_not_supported_when_large_lambda_only_loses_a_point():
-    verdict = _judge("fig2b", "fig2b-large-lambda", _fig2b_rows(top_diverges=False), ["agc.clipping", "data.batch_size"])
-    assert verdict.verdict == NOT_SUPPORTED  # loses 1 point, CI above −5 points, nothing diverged
+def test_a_search_finds_the_recommendation_for_its_key():
+    assert search_recommendation(None, [roles.CLIPPING]) is BEST_LAMBDA
+    assert search_recommendation("fig2b", [roles.CLIPPING, roles.BATCH]) is BEST_LAMBDA
+    assert search_recommendation(None, ["optim.lr"]) is None
+    assert search_recommendation("table6", [roles.CLIPPING]) is None  # its own paper result recommends nothing
 
-
-def _fig2a_rows(agc_accuracy):
-    rows = []
-    for batch, (bn, nf) in {256: (0.95, 0.94), 4096: (0.95, 0.30)}.items():
-        for s in SEEDS:
-            rows.append(_run(s, bn, **{"model.name": "bn_resnet_small", "agc.clipping": None, "data.batch_size": batch}))
-            rows.append(_run(s, nf, **{"model.name": "nf_resnet_small", "agc.clipping": None, "data.batch_size": batch}))
-            rows.append(_run(s, agc_accuracy, **{"model.name": "nf_resnet_small", "agc.clipping": 0.01, "data.batch_size": batch}))
-            rows.append(_run(s, 0.5, **{"model.name": "nf_resnet_small", "agc.clipping": 0.16, "data.batch_size": batch}))
-    return rows
-
-
-def test_fig2a_claims():
-    assert _judge("fig2a", "fig2a-nf-degrades", _fig2a_rows(0.95), ["data.batch_size"]).verdict == SUPPORTED
-    recovered = _judge("fig2a", "fig2a-agc-recovers", _fig2a_rows(0.953), ["data.batch_size"])
-    assert recovered.verdict == SUPPORTED and any("λ=0.01" in key for key in recovered.numbers)
-    assert _judge("fig2a", "fig2a-agc-recovers", _fig2a_rows(0.85), ["data.batch_size"]).verdict == NOT_SUPPORTED
-
-
-def test_table6_accuracy_and_step_time():
-    rows = [_run(s, 0.95, **{"model.name": "nf_resnet_small", "time/step_ms": 10.0 + s}) for s in SEEDS]
-    rows += [_run(s, 0.951, **{"model.name": "bn_resnet_small", "time/step_ms": 14.0 + s * 1.1}) for s in SEEDS]
-    assert _judge("table6", "nf-matches-bn", rows).verdict == SUPPORTED
-    slower = _judge("table6", "bn-slower", rows)
-    assert slower.verdict == SUPPORTED and slower.numbers["step time BN / NF"] == "15.1 ms / 11.0 ms = 1.37×"  # (14+15.1+16.2)/3 over 11
-
-
-def test_sam_fraction_cost_and_accuracy():
-    rows = []
-    for mode, accuracy, ms in (("off", 0.93, 10.0), ("full", 0.95, 20.0), ("fraction", 0.951, 13.0)):
-        rows += [_run(s, accuracy, **{"sam.mode": mode, "time/step_ms": ms + 0.2 * s * (mode != "off")}) for s in SEEDS]
-    assert _judge("table3-sam", "sam-fraction-accuracy", rows).verdict == SUPPORTED
-    cost = _judge("table3-sam", "sam-fraction-cost", rows)
-    assert cost.verdict == SUPPORTED and "2.0" in cost.numbers["step time vs SAM off"]
-
-
-def test_spp_claims():
-    rows = []
-    for block, stage in enumerate((0, 0, 0, 1, 1, 1)):
-        bn_var = 1 + (block % 3)  # grows within a stage, resets at the transition
-        rows.append({"model": "bn_resnet", "block": block, "stage": stage, "avg_channel_squared_mean": 0.5, "avg_channel_variance": bn_var,
-                     "residual_variance": 1.0})
-        rows.append({"model": "nf_resnet", "block": block, "stage": stage, "avg_channel_squared_mean": 0.01, "avg_channel_variance": 1.0,
-                     "residual_variance": 1.0})
-    assert _judge("spp", "spp-bn-resets", rows).verdict == SUPPORTED
-    assert _judge("spp", "spp-nf-no-mean-shift", rows).verdict == SUPPORTED
-
-
-def test_no_results_is_inconclusive():
-    verdict = _claim("fig2b", "fig2b-large-lambda").judge(pd.DataFrame(), RuleContext())
-    assert verdict.verdict == INCONCLUSIVE and verdict.reason == "no results yet"

@@ -1,11 +1,14 @@
 import json
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.reference import reference
+from analysis.reference import SPP, reference
 from analysis.report import build_index, build_report
+from analysis.rules import INCONCLUSIVE
+from study.errors import ConfigError
 
 SECTIONS = ["## Study", "## Design", "## Results", "## Figures", "## Paper claims", "## Scale", "## MLflow runs"]
 
@@ -89,3 +92,76 @@ def test_index_lists_studies_with_verdicts(reports):
     assert 'href="clip-threshold/report.html"' in html and "unit-beats-layer: supported" in html
     assert "no report yet" in (root / "index.md").read_text()
     assert json.loads((root / "unit-vs-layer" / "summary.json").read_text())["n_results"] == 6
+
+
+def _bn_vs_nf(name: str = "twins"):
+    spec = SimpleNamespace(name=name, description="BN against NF", paper="table6",
+                           arms={"bn": {"model.norm": "bn"}, "nf": {"model.norm": "nf"}}, grid={},
+                           seeds=[0, 1, 2], metric="val/top1", baseline="bn", figures=[])
+    runs = [{"arm": norm, "params": {"model.name": "nf_resnet_small", "model.norm": norm, "agc.clipping": None,
+                                     "seed": seed},
+             "metrics": {"val/top1": 0.9 + 0.01 * seed, "test/top1": 0.9 + 0.01 * seed + 0.001 * (norm == "nf"),
+                         "time/step_ms": (15.0 if norm == "bn" else 10.0) + seed}}
+            for norm in ("bn", "nf") for seed in (0, 1, 2)]
+    return spec, runs
+
+
+def _spp_rows():
+    return pd.DataFrame([{"model": model, "norm": norm, "block": block, "stage": block // 2,
+                          "avg_channel_squared_mean": 0.01, "avg_channel_variance": 1.0 + (block % 2),
+                          "residual_variance": 1.0}
+                         for model, norm in (("bn_resnet_small", "bn"), ("nf_resnet_small", "nf")) for block in range(4)])
+
+
+def test_a_paper_result_gets_the_inputs_it_needs(tmp_path, store_filler):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec, runs = _bn_vs_nf()
+    store_filler(uri, spec.name, runs)
+    given = build_report(spec, uri, tmp_path / "given", "nfstudy report twins", inputs={SPP.name: _spp_rows()})
+    assert given["verdicts"] == [{"claim": "nf-matches-bn", "verdict": "supported"},
+                                 {"claim": "bn-slower", "verdict": "supported"},
+                                 {"claim": "spp-bn-resets", "verdict": "supported"},
+                                 {"claim": "spp-nf-no-mean-shift", "verdict": "supported"}]
+    assert {p.name for p in given["figures"]} >= {"paper-table6.png", "signal-propagation.png"}
+    assert "![[I] Fig. 1: signal propagation at initialisation](signal-propagation.png)" in given["markdown"].read_text()
+
+    missing = build_report(spec, uri, tmp_path / "missing", "nfstudy report twins")
+    assert [v["verdict"] for v in missing["verdicts"]][2:] == [INCONCLUSIVE, INCONCLUSIVE]
+    assert "*Why not decided:* no signal-propagation data given." in missing["markdown"].read_text()
+    assert "signal-propagation.png" not in {p.name for p in missing["figures"]}
+
+
+def test_an_unknown_paper_key_writes_nothing(tmp_path, tracking_uri):
+    spec = SimpleNamespace(name="x", description="", paper="fig9", arms={}, grid={}, seeds=[0], metric="val/top1",
+                           baseline=None, figures=[])
+    with pytest.raises(ConfigError, match="allowed: fig2b"):
+        build_report(spec, tracking_uri, tmp_path / "out", "nfstudy report x")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_nfstudy_report_measures_the_signal_propagation_table6_needs(study_file, capsys):
+    """``nfstudy report NAME`` computes what the paper result needs (signal propagation of the
+    study's models and the ResNet-50 twins, a few seconds each) even before any run."""
+    from study import paths
+    from study.cli import main
+
+    path = study_file("name: twins\npaper: table6\nbase: presets/smoke.yaml\n"
+                      "arms:\n  bn: {model.norm: bn}\n  nf: {model.norm: nf}\n")
+    assert main(["report", str(path)]) == 0
+    folder = paths.reports_dir("twins")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {v["claim"]: v["verdict"] for v in summary["verdicts"]} == {
+        "nf-matches-bn": INCONCLUSIVE, "bn-slower": INCONCLUSIVE,  # no runs yet
+        "spp-bn-resets": "supported", "spp-nf-no-mean-shift": "supported"}
+    assert (folder / "signal-propagation.png").is_file() and not (folder / "paper-table6.png").exists()
+
+
+def test_nfstudy_report_of_an_unknown_paper_key_exits_2_and_writes_nothing(study_file, capsys):
+    from study import paths
+    from study.cli import main
+
+    path = study_file("name: badpaper\npaper: fig9\nbase: presets/smoke.yaml\n")
+    assert main(["report", str(path)]) == 2
+    assert "paper: got 'fig9'; allowed: fig2b" in capsys.readouterr().err
+    assert not (paths.home() / "reports").exists()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
-import optuna
-import pytest
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
+import pandas as pd
+from optuna.trial import TrialState
 
-from analysis.search_report import build_search_report, good_region, load_trials, paper_recommendation
+from analysis.search_report import build_search_report, good_region
+from analysis.trials import load_trials
 from study import paths
 from study.cli import main
 from study.config.study_file import load_study
@@ -23,41 +22,26 @@ search:
   agc.clipping: {{low: 0.001, high: 1.0, log: true}}
 {extra}
 """
-LAMBDA = FloatDistribution(0.001, 1.0, log=True)
-BATCH = FloatDistribution(64, 4096)
 
 
-def _add_study(storage, name, batch, trials, *, space=("agc.clipping",)):
-    """An Optuna study laid out as study.run.search writes one: user attrs + one trial per row."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    study.set_user_attr("fixed", {"data.batch_size": batch, "data.device_batch_size": 128, "optim.lr": 0.1,
-                                  "train.steps": 150})
-    for number, (params, value, state, outcome) in enumerate(trials):
-        study.add_trial(create_trial(
-            params=params, distributions={k: (LAMBDA if k == "agc.clipping" else BATCH) for k in params},
-            value=value if state == TrialState.COMPLETE else None, state=state,
-            intermediate_values={0: value} if state == TrialState.PRUNED else {},
-            user_attrs={"outcome": outcome, "mlflow_run_id": f"run{number}", "test/top1": value},
-        ))
-
-
-def test_the_report_puts_the_best_lambda_per_batch_beside_the_paper(study_file):
+def test_the_report_puts_the_best_lambda_per_batch_beside_the_paper(study_file, search_filler):
     spec = load_study(study_file(STUDY.format(extra="")))
     storage = paths.optuna_storage()
     (paths.home()).mkdir(parents=True, exist_ok=True)
     done, pruned = TrialState.COMPLETE, TrialState.PRUNED
-    _add_study(storage, "nfstudy-search:lam:aaaa1111", 1024, [
+    search_filler(storage, "lam", "nfstudy-search:lam:aaaa1111", 1024, [
         ({"agc.clipping": 0.002}, 0.80, done, "completed"),
         ({"agc.clipping": 0.01}, 0.95, done, "completed"),
         ({"agc.clipping": 0.03}, 0.948, done, "completed"),
         ({"agc.clipping": 0.5}, 0.10, done, "diverged"),
         ({"agc.clipping": 0.9}, 0.30, pruned, "pruned"),
     ])
-    _add_study(storage, "nfstudy-search:lam:bbbb2222", 4096, [
+    search_filler(storage, "lam", "nfstudy-search:lam:bbbb2222", 4096, [
         ({"agc.clipping": 0.005}, 0.90, done, "completed"),
         ({"agc.clipping": 0.2}, 0.70, done, "completed"),
     ])
-    _add_study(storage, "nfstudy-search:other:cccc3333", 1024, [({"agc.clipping": 0.1}, 0.99, done, "completed")])
+    search_filler(storage, "other", "nfstudy-search:other:cccc3333", 1024,
+                  [({"agc.clipping": 0.1}, 0.99, done, "completed")])
 
     written = build_search_report(spec, storage, None, paths.reports_dir("lam"), "nfstudy report lam")
     by_batch = {row["batch"]: row for row in written["best"]}
@@ -76,13 +60,13 @@ def test_the_report_puts_the_best_lambda_per_batch_beside_the_paper(study_file):
     assert json.loads(written["summary"].read_text())["n_results"] == 6
 
 
-def test_importance_is_drawn_when_more_than_one_key_is_searched(study_file):
+def test_importance_is_drawn_when_more_than_one_key_is_searched(study_file, search_filler):
     spec = load_study(study_file(STUDY.format(extra="  data.batch_size: {low: 64, high: 4096}\n")))
     storage = paths.optuna_storage()
     paths.home().mkdir(parents=True, exist_ok=True)
     rows = [({"agc.clipping": lam, "data.batch_size": batch}, 0.9 - abs(lam - 0.01) * 2, TrialState.COMPLETE,
              "completed") for lam, batch in [(0.001, 64), (0.01, 4096), (0.1, 1024), (0.5, 256), (0.05, 2048)]]
-    _add_study(storage, "nfstudy-search:lam:dddd4444", None, rows)
+    search_filler(storage, "lam", "nfstudy-search:lam:dddd4444", None, rows)
     written = build_search_report(spec, storage, None, paths.reports_dir("lam"), "nfstudy report lam")
     assert any(p.name == "importance.png" for p in written["figures"])
     trials, _ = load_trials("lam", storage)
@@ -92,20 +76,12 @@ def test_importance_is_drawn_when_more_than_one_key_is_searched(study_file):
 def test_no_trials_yet_writes_a_report_that_says_so(study_file, capsys):
     path = study_file(STUDY.format(extra=""))
     assert main(["report", str(path)]) == 0
-    report = paths.reports_dir("lam") / "report.md"
+    report = paths.reports_dir(load_study(path).report_key) / "report.md"  # a file's own folder
     assert "No trials yet" in report.read_text()
     assert not (paths.home() / "optuna.db").exists()  # reading never creates the storage
 
 
-@pytest.mark.parametrize("batch, expected", [(1024, "0.01"), (4096, "0.01"), (256, "larger than 0.01"),
-                                             (16384, "at most 0.01")])
-def test_paper_recommendation_follows_paper_section_4(batch, expected):
-    assert paper_recommendation(batch).startswith(expected)
-
-
 def test_good_region_ignores_diverged_and_pruned_trials():
-    import pandas as pd
-
     rows = pd.DataFrame({
         "agc.clipping": [0.001, 0.01, 0.02, 0.5, 0.9],
         "value": [0.5, 0.95, 0.941, 0.95, 0.99],
@@ -113,3 +89,18 @@ def test_good_region_ignores_diverged_and_pruned_trials():
         "outcome": ["completed", "completed", "completed", "diverged", "pruned"],
     })
     assert good_region(rows, "agc.clipping", "maximize") == (0.01, 0.02)
+
+
+def test_a_searched_key_without_a_paper_recommendation_gets_no_paper_columns(study_file, search_filler):
+    text = STUDY.format(extra="").replace("agc.clipping: {{low: 0.001, high: 1.0, log: true}}".format(),
+                                          "optim.lr: {low: 0.01, high: 1.0, log: true}")
+    spec = load_study(study_file(text))
+    storage = paths.optuna_storage()
+    paths.home().mkdir(parents=True, exist_ok=True)
+    search_filler(storage, "lam", "nfstudy-search:lam:eeee5555", 1024,
+                  [({"optim.lr": lr}, 0.9 - lr / 10, TrialState.COMPLETE, "completed") for lr in (0.02, 0.1, 0.5)])
+    markdown = build_search_report(spec, storage, None, paths.reports_dir("lam"), "nfstudy report lam")["markdown"]
+    text = markdown.read_text()
+    assert "No paper result recommends a value for `optim.lr`." in text and "paper recommends" not in text
+    row = next(line for line in text.splitlines() if "eeee5555` | 1024 | 3/" in line)
+    assert row.endswith("| 3/0/0 | 0.02 | 0.8980 | 0.8980 | 0.02 – 0.1 |")

@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import bootstrap_ci, format_ci, mean_ci, paired_delta, summarise
+from analysis.stats import bootstrap_ci, mean_ci, missing, paired_delta, sort_key, summarise
 
 T_975_4 = 2.7764451  # Student t quantile, 4 degrees of freedom (tables)
 T_975_2 = 4.3026527  # 2 degrees of freedom
@@ -73,7 +74,8 @@ def test_summarise_keeps_none_as_its_own_group_first():
     assert table.iloc[1]["mean"] == pytest.approx(0.8)
 
 
-def test_format_ci():
-    assert format_ci(0.95, 0.9, 1.0, 3, scale=100, digits=1) == "95.0 [90.0, 100.0]"
-    assert format_ci(0.02, -0.01, 0.05, 3, scale=100, digits=1, signed=True) == "+2.0 [-1.0, +5.0]"
-    assert format_ci(0.5, float("nan"), float("nan"), 1) == "0.500 (n=1, no CI)"
+
+def test_missing_values_sort_first():
+    assert [missing(v) for v in (None, float("nan"), np.float32("nan"), 0.0, "off", [])] == [True, True, True,
+                                                                                           False, False, False]
+    assert sorted([0.04, "layer", None, 0.01], key=sort_key) == [None, 0.01, 0.04, "layer"]

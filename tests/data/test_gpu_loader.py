@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from study.data.augment import Mixing
 from study.data.gpu_loader import DeviceLoader
 from study.errors import DataError
 
@@ -172,9 +173,12 @@ def test_wrong_dtype_raises_data_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_no_host_sync_inside_a_cuda_epoch():
+@pytest.mark.parametrize("pairing", [None, "mirror", "disjoint"])
+def test_no_host_sync_inside_a_cuda_epoch(pairing):
     images, labels = _indexed_images(64, channels=3)
-    loader = DeviceLoader(images.cuda(), labels.cuda(), 16, train=True, crop_pad=2, flip=True, image_size=8)
+    mixing = Mixing(64, pairing=pairing) if pairing else None
+    loader = DeviceLoader(images.cuda(), labels.cuda(), 16, train=True, crop_pad=2, flip=True, image_size=8,
+                          mixing=mixing)
     iterator = iter(loader)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -191,3 +195,39 @@ def test_replicate_seeds_do_not_share_epochs():
     seed1 = DeviceLoader(images, labels, 8, train=True, seed=1)
     seed0.set_epoch(1)
     assert not torch.equal(_epoch(seed0)[1], _epoch(seed1)[1])
+
+
+@pytest.mark.parametrize("pairing", ["mirror", "disjoint"])
+def test_no_tensor_is_made_from_host_data_in_a_mixing_epoch(host_data, pairing):
+    images, labels = _indexed_images(32, channels=3)
+    loader = DeviceLoader(images, labels, 8, train=True, crop_pad=1, flip=True, image_size=5,
+                          mixing=Mixing(32, pairing=pairing))
+    with host_data("cpu") as mode:
+        batches = list(loader)
+    assert mode.seen == [] and len(batches) == 4
+
+
+def test_mixing_returns_soft_targets_and_disjoint_pairing_draws_2b_images_per_step():
+    images, labels = _indexed_images(32)
+    distinct = {}
+    for pairing in ("mirror", "disjoint"):
+        loader = DeviceLoader(images, labels, 8, train=True, mixing=Mixing(32, pairing=pairing), **IDENTITY)
+        batches = list(loader)
+        assert len(loader) == len(batches) == 4  # N // B steps either way
+        for x, targets in batches:
+            assert x.shape == (8, 2, 6, 7) and targets.shape == (8, 32)
+            torch.testing.assert_close(targets.sum(1), torch.ones(8))
+        distinct[pairing] = [len(set(t.nonzero()[:, 1].tolist())) for _, t in batches]
+    assert max(distinct["mirror"]) <= 8  # B images, each own and partner once
+    assert min(distinct["disjoint"]) > 8  # 2B images: up to 16 labels per step
+
+
+@pytest.mark.parametrize("mixing", [None, Mixing(32, pairing="mirror"), Mixing(32, pairing="disjoint")])
+def test_each_rank_gets_its_rows_of_the_global_batch(mixing):
+    images, labels = _indexed_images(32)
+    kwargs = dict(train=True, crop_pad=2, flip=True, image_size=4, seed=3, mixing=mixing, **IDENTITY)
+    whole = list(DeviceLoader(images, labels, 8, **kwargs))
+    ranks = [list(DeviceLoader(images, labels, 8, rank=r, world_size=4, **kwargs)) for r in range(4)]
+    for step, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([rank[step][0] for rank in ranks]), x)
+        assert torch.equal(torch.cat([rank[step][1] for rank in ranks]), y)

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.errors import ConfigError
 from study.models.layers import (
     NONLINEARITY_GAINS,
     GammaAct,
@@ -138,10 +137,10 @@ def test_gamma_act_is_gamma_times_the_activation(name):
     torch.testing.assert_close(GammaAct(name, gamma=1.0)(z), expected / NONLINEARITY_GAINS[name])
 
 
-def test_unknown_activation_and_normalization_are_config_errors():
-    with pytest.raises(ConfigError, match="activation.*'swish'.*relu"):
+def test_unknown_activation_and_normalization_are_programmer_errors():
+    with pytest.raises(ValueError, match="activation.*'swish'.*relu"):
         GammaAct("swish")
-    with pytest.raises(ConfigError, match="normalization.*'layer'"):
+    with pytest.raises(ValueError, match="normalization.*'layer'"):
         create_norm_act(4, "relu", normalization="layer")
 
 
@@ -162,6 +161,19 @@ def test_squeeze_excite_gate():
     s = torch.relu(s) @ se.fc1.weight.T + se.fc1.bias
     expected = x * 2 * torch.sigmoid(s)[:, :, None, None]
     torch.testing.assert_close(se(x), expected)
+
+
+def test_squeeze_excite_init_is_haikus_truncated_normal():
+    """Official ``hk.Linear``: weights ~ N(0, 1/fan_in) truncated at ±2 std, zero biases."""
+    torch.manual_seed(0)
+    se = SqueezeExcite(1024)  # fc0: 1024 -> 512, fc1: 512 -> 1024
+    for fc in (se.fc0, se.fc1):
+        std = fc.in_features ** -0.5
+        weight = fc.weight.detach()
+        assert weight.abs().max() <= 2 * std and torch.equal(fc.bias, torch.zeros_like(fc.bias))
+        # A normal truncated at ±2σ keeps 0.8796σ of spread (PyTorch's uniform default: 0.577σ).
+        assert weight.std().item() == pytest.approx(0.8796 * std, rel=0.01)
+        assert abs(weight.mean().item()) < 0.01 * std
 
 
 def test_stochastic_depth_drops_whole_samples_without_rescaling():

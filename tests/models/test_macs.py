@@ -1,4 +1,4 @@
-"""count_macs (study/models/macs.py) against hand counts and PAPER.md §3."""
+"""count_macs (study/models/macs.py) against hand counts and the paper's FLOPs."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 
 from study.models import count_macs
 
-# PAPER.md §3: MACs at the test resolution.
+# Brock et al. 2021 (arXiv 2102.06171): MACs ("FLOPs") at the test resolution.
 PAPER_MACS = {0: (256, 12.38e9), 1: (320, 35.54e9), 2: (352, 62.59e9), 3: (416, 114.76e9),
               4: (512, 215.24e9), 5: (544, 289.76e9), 6: (576, 377.28e9)}
 

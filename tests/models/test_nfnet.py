@@ -1,15 +1,16 @@
-"""NFNet-F0…F6 and their BN twins (study/models/nfnet.py), against PAPER.md §3."""
+"""NFNet-F0…F6 and their BN twins (study/models/nfnet.py), against arXiv 2102.06171."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from study.models.layers import ScaledStdConv2d, SqueezeExcite
 from study.models.nfnet import NFNet, NFNetConfig
 
-# PAPER.md §3: variant → (exact parameters with SkipInit gains, train px, test px, dropout)
+# Official nfnets/nfnet.py: variant → (exact parameters with SkipInit gains, train px, test px, dropout)
 PAPER = {
     0: (71_489_284, 192, 256, 0.2),
     1: (132_634_256, 224, 320, 0.3),
@@ -83,21 +84,82 @@ def _tiny(normalization="nf"):
     )
 
 
+# -- an independent forward pass, written from the official nfnets/nfnet.py and base.py ---------
+GELU_GAMMA = 1.7015043497085571  # official base.nonlinearities["gelu"]
+ALPHA = 0.2
+
+
+def _gelu(x):  # jax.nn.gelu's default, the tanh approximation, written out
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _conv(p, name, x, stride=1, groups=1):
+    w = p[f"{name}.weight"]
+    if f"{name}.gain" in p:  # Scaled WS: gain · (W − mean) / (std · sqrt(fan_in)), over the fan-in
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        std = w.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = p[f"{name}.gain"].view(-1, 1, 1, 1) * (w - mean) / (std * math.sqrt(w[0].numel()))
+    return F.conv2d(x, w, p.get(f"{name}.bias"), stride=stride, padding=w.shape[-1] // 2, groups=groups)
+
+
+def _act(p, name, x):
+    """γ·GELU in the NF net; in its BN twin, BatchNorm (eval: running statistics), then GELU."""
+    if f"{name}.0.running_mean" not in p:
+        return GELU_GAMMA * _gelu(x)
+    shape = (1, -1, 1, 1)
+    bn = {k: p[f"{name}.0.{k}"].view(shape) for k in ("running_mean", "running_var", "weight", "bias")}
+    return _gelu((x - bn["running_mean"]) / torch.sqrt(bn["running_var"] + 1e-5) * bn["weight"] + bn["bias"])
+
+
+def _reference_forward(p, x, config):
+    nf = config.normalization == "nf"
+    for i in range(len(config.stem_widths)):
+        x = _act(p, f"stem.act{i - 1}", x) if i else x
+        x = _conv(p, f"stem.conv{i}", x, stride=2 if i in (0, len(config.stem_widths) - 1) else 1)
+    index, expected_std = 0, 1.0
+    for stage, depth in enumerate(config.depths):
+        for block_index in range(depth):
+            name, stride = f"blocks.{index}", 2 if stage > 0 and block_index == 0 else 1
+            beta = 1.0 / expected_std if nf else 1.0
+            out = _act(p, f"{name}.preact", x) * beta
+            shortcut = F.avg_pool2d(out, 2) if stride > 1 else out
+            shortcut = _conv(p, f"{name}.shortcut.conv", shortcut) if f"{name}.shortcut.conv.weight" in p else x
+            groups = p[f"{name}.branch.conv0.weight"].shape[0] // config.group_width
+            out = _conv(p, f"{name}.branch.conv0", out)
+            out = _conv(p, f"{name}.branch.conv1", _act(p, f"{name}.branch.act0", out), stride, groups)
+            out = _conv(p, f"{name}.branch.conv1b", _act(p, f"{name}.branch.act1", out), 1, groups)
+            out = _conv(p, f"{name}.branch.conv2", _act(p, f"{name}.branch.act1b", out))
+            se = F.linear(out.mean(dim=(2, 3)), p[f"{name}.branch.se.fc0.weight"], p[f"{name}.branch.se.fc0.bias"])
+            se = F.linear(F.relu(se), p[f"{name}.branch.se.fc1.weight"], p[f"{name}.branch.se.fc1.bias"])
+            out = 2 * torch.sigmoid(se)[:, :, None, None] * out
+            x = out * p[f"{name}.skipinit_gain"] * ALPHA + shortcut if nf else out + shortcut
+            if block_index == 0:  # official: reset after each stage's first block, one α² of growth
+                expected_std = 1.0
+            expected_std = math.sqrt(expected_std**2 + ALPHA**2)
+            index += 1
+    x = _act(p, "final_act", _conv(p, "final_conv", x)).mean(dim=(2, 3))
+    return F.linear(x, p["fc.weight"], p["fc.bias"])
+
+
 @pytest.mark.parametrize("normalization", ["nf", "batch"])
-def test_tiny_nfnet_trains_on_cpu(normalization):
+def test_forward_equals_the_official_computation_written_out(normalization):
+    """Every weight, gain, bias, SkipInit gain and BN statistic random and non-trivial, float64,
+    eval mode: the model's logits equal an independent re-statement of the official forward
+    pass (stem, β and α schedule, avg-pool shortcut, grouped convs, SE·2, SkipInit, head).
+    A transition block whose shortcut sees the raw input, a β off by one block, a missing γ or
+    SE factor each move the logits by far more than the tolerance."""
     torch.manual_seed(0)
-    model = NFNet(_tiny(normalization), num_classes=5)
-    x, y = torch.randn(4, 3, 33, 33), torch.tensor([0, 1, 2, 3])  # odd size: ceil pooling
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = []
-    for _ in range(5):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    assert model.get_classifier().weight.std().item() > 0
+    model = NFNet(_tiny(normalization), num_classes=5).double().eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5 if name.endswith(("gain", "running_var"))
+                             else torch.randn_like(tensor) * (0.1 if name.endswith("bias") else 1.0))
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = _reference_forward(dict(model.state_dict()), x, model.config)
+        torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-9)
+        assert expected.abs().max() > 1e-3  # the logits are not trivially zero
 
 
 def test_classifier_init_and_skipinit_at_zero():

@@ -1,13 +1,16 @@
 """Registry contract, and forward/backward for every registered model."""
 
 import re
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
+from study.config.run_config import ModelConfig, make_config
 from study.errors import ConfigError
-from study.models import build_model, list_models, register_model
+from study.models import NORMS, build_model, list_models, model_info, register_model, twin_name, twins
+from study.models.layers import ScaledStdConv2d
 
 # Large NFNets: their meta forward takes seconds; F0 keeps the code path in the fast suite.
 _SLOW = re.compile(r"nfnet_f[1-6]$")
@@ -102,7 +105,7 @@ def test_parameter_naming_conventions(name):
     with torch.device("meta"):
         model = build_model(name)
     params = dict(model.named_parameters())
-    bn = name.startswith("bn_")
+    bn = model_info(name).norm == "bn"
     for module_name, module in model.named_modules():
         if type(module).__name__ == "ScaledStdConv2d":
             assert params[f"{module_name}.gain"].shape == (module.out_channels,)
@@ -110,3 +113,60 @@ def test_parameter_naming_conventions(name):
             assert params[f"{module_name}.skipinit_gain"].shape == ()
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == bn
     assert not any(n.endswith("gain") for n in params) or not bn
+
+
+def test_twins_are_data_in_the_registry():
+    assert twins("nf_resnet_small") == {"nf": "nf_resnet_small", "bn": "bn_resnet_small",
+                                        "nf_plain": "nf_resnet_small_nows"}
+    assert twins("bn_nfnet_f3") == {"nf": "nfnet_f3", "bn": "bn_nfnet_f3"}
+    for name in list_models():
+        info = model_info(name)
+        family = twins(name)
+        assert family[info.norm] == name and family["nf"] == info.family
+        assert all(model_info(twin).family == info.family for twin in family.values())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_recorded_norm_is_what_the_builder_builds(name, meta_model):
+    """The registry's norm is not a label: BN layers exactly in ``bn`` models, Scaled WS
+    convs exactly in ``nf`` models, plain convs and no BN in ``nf_plain``."""
+    model = meta_model(name)
+    norm = model_info(name).norm
+    assert norm in NORMS
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (norm == "bn")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(isinstance(m, ScaledStdConv2d) == (norm == "nf") for m in convs)
+
+
+@pytest.mark.parametrize(("name", "norm", "twin"), [
+    ("nf_resnet_small", "bn", "bn_resnet_small"),
+    ("bn_resnet_small", "nf_plain", "nf_resnet_small_nows"),
+    ("nf_resnet_small_nows", "nf", "nf_resnet_small"),
+    ("bn_nfnet_f0", "nf", "nfnet_f0"),
+    ("nf_resnet50", "nf", "nf_resnet50"),
+])
+def test_model_norm_resolves_through_the_registry(name, norm, twin):
+    assert twin_name(name, norm) == twin
+    assert make_config({"model.name": name, "model.norm": norm}).model.resolved_name == twin
+
+
+def test_a_missing_twin_is_a_config_error_naming_what_the_family_has():
+    with pytest.raises(ConfigError, match="no nf_plain twin; its family has: nf, bn"):
+        twin_name("bn_nfnet_f0", "nf_plain")
+    with pytest.raises(ConfigError, match="model.norm.*nf_plain.*nf, bn"):
+        make_config({"model.name": "nfnet_f0", "model.norm": "nf_plain"})
+    with pytest.raises(ConfigError, match="allowed: nf, bn, nf_plain"):
+        twin_name("nfnet_f0", "gn")
+
+
+def test_config_norms_are_the_registry_norms():
+    annotation = ModelConfig.model_fields["norm"].annotation
+    assert set(get_args(get_args(annotation)[0])) == set(NORMS)
+
+
+def test_a_family_holds_one_model_of_each_norm():
+    with pytest.raises(ValueError, match="already has a bn model, 'bn_resnet_small'"):
+        register_model("bn_resnet_small_again", family="nf_resnet_small", norm="bn")(lambda **kw: nn.Identity())
+    with pytest.raises(ValueError, match="nf member"):
+        register_model("nf_other", family="nf_resnet_small", norm="nf")
+    assert "bn_resnet_small_again" not in list_models() and "nf_other" not in list_models()

@@ -1,4 +1,4 @@
-"""Signal propagation at initialisation (study/models/spp.py), PAPER.md §2 and [I] Fig. 1."""
+"""Signal propagation at initialisation (study/models/spp.py), [I] Fig. 1 (arXiv 2101.08692)."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""AGC against an independent float64 per-unit loop (PAPER.md §4)."""
+"""AGC against an independent float64 per-unit loop (Brock et al. 2021, §4)."""
 
 from __future__ import annotations
 

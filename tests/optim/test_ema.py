@@ -1,4 +1,5 @@
-"""EMA of the weights with the paper's decay warmup (PAPER.md §6)."""
+"""EMA of the weights and the states with the paper's decay warmup (arXiv 2102.06171 App. A;
+official ``nfnets/utils.py`` ``tf1_ema`` over params and states in ``experiment.py``)."""
 
 from __future__ import annotations
 
@@ -16,25 +17,28 @@ def model_with_bn():
                          nn.Linear(3 * 4 * 4, 2)).double()
 
 
-def test_update_matches_hand_written_reference():
+def test_update_matches_hand_written_reference_for_params_and_buffers():
     model = model_with_bn()
     decay = 0.9
     ema = EMA(model, decay=decay)
-    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reference = {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
     gen = torch.Generator().manual_seed(3)
     for step in range(6):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
         model(torch.randn(4, 1, 6, 6, generator=gen, dtype=torch.float64))  # moves BN stats
-        ema.update_(model, step)
+        ema.update_(step)
         d = min(decay, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25, ... then capped at 0.9
-        for n, p in model.named_parameters():
-            reference[n] = d * reference[n] + (1 - d) * p.detach()
-        for n, p in ema.module.named_parameters():
-            torch.testing.assert_close(p, reference[n], rtol=1e-12, atol=1e-12)
-        for (n, b), (_, e) in zip(model.named_buffers(), ema.module.named_buffers()):
-            assert torch.equal(b, e), n
+        for n, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_floating_point():  # weights, biases, running mean and variance: averaged
+                reference[n] = d * reference[n] + (1 - d) * t.detach()
+            else:  # num_batches_tracked: copied
+                reference[n] = t.clone()
+        for n, t in [*ema.module.named_parameters(), *ema.module.named_buffers()]:
+            torch.testing.assert_close(t, reference[n], rtol=1e-12, atol=1e-12)
+    assert int(ema.module[1].num_batches_tracked) == 6
+    assert not torch.equal(ema.module[1].running_var, model[1].running_var)  # averaged, not copied
 
 
 def test_decay_warmup_values():
@@ -54,10 +58,54 @@ def test_module_is_an_eval_copy_without_grads():
     assert not torch.equal(ema.module[0].weight, model[0].weight)  # a copy, not a view
 
 
-def test_mismatched_model_and_bad_decay():
-    ema = EMA(nn.Linear(2, 2))
-    with pytest.raises(ValueError):
-        ema.update_(nn.Sequential(nn.Linear(2, 2)), 0)
+class _NoWalks(nn.Sequential):
+    """Refuses to be walked once ``walks_allowed`` is False."""
+
+    walks_allowed = True
+
+    def _check(self):
+        if not self.walks_allowed:
+            raise AssertionError("EMA walked the module tree during an update")
+
+    def named_parameters(self, *args, **kwargs):
+        self._check()
+        return super().named_parameters(*args, **kwargs)
+
+    def named_buffers(self, *args, **kwargs):
+        self._check()
+        return super().named_buffers(*args, **kwargs)
+
+    def named_modules(self, *args, **kwargs):
+        self._check()
+        return super().named_modules(*args, **kwargs)
+
+
+def test_an_update_walks_no_module_tree():
+    model = _NoWalks(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = EMA(model, decay=0.5)
+    model.walks_allowed = False
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update_(100)
+    model.walks_allowed = True
+    torch.testing.assert_close(ema.module[0].weight, model[0].weight - 0.5)
+
+
+def test_follows_replaced_parameter_data_and_buffers():
+    """AGC moves parameters into a flat buffer (``p.data = view``) and ``model.to`` replaces
+    buffers: the EMA follows the model's current tensors, not the ones it saw first."""
+    model = model_with_bn()
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.data = torch.zeros_like(model[0].weight)
+    model[1].running_mean = torch.full((3,), 4.0, dtype=torch.float64)
+    before = ema.module[0].weight.clone()
+    ema.update_(1000)
+    torch.testing.assert_close(ema.module[0].weight, before * 0.5)
+    torch.testing.assert_close(ema.module[1].running_mean, torch.full((3,), 2.0, dtype=torch.float64))
+
+
+def test_bad_decay():
     for decay in (1.0, -0.1):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="optim.ema_decay"):
             EMA(nn.Linear(2, 2), decay=decay)

@@ -160,3 +160,57 @@ def test_misuse_and_bad_arguments():
                    {"fraction": 1.5}]:
         with pytest.raises(ConfigError):
             SAM(model, **kwargs)
+
+
+def test_ascent_runs_under_the_given_autocast_and_forward():
+    """The trainer passes its autocast and its (compiled) forward: the ascent must use both,
+    or under bf16 / ``train.compile`` it costs an fp32 eager pass the paper never paid."""
+    model = tiny_model().float()
+    inputs, targets = batch(10)
+    inputs = inputs.float()
+    seen, calls = [], []
+    model[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+
+    def forward(x):  # stands in for torch.compile(model): another callable over the same module
+        calls.append(len(x))
+        return model(x)
+
+    sam = SAM(model, rho=0.05, mode="fraction", fraction=0.2)
+    sam.ascend_(F.cross_entropy, inputs, targets, forward=forward,
+                autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert seen == [torch.bfloat16] and calls == [2]
+    sam.restore_()
+    seen.clear()
+    sam.ascend_(F.cross_entropy, inputs, targets)  # no autocast given: fp32, the model itself
+    assert seen == [torch.float32] and calls == [2]
+    sam.restore_()
+
+
+def test_ascent_scales_the_loss_and_keeps_the_direction():
+    model = tiny_model()
+    inputs, targets = batch(8)
+    moves, scaled_losses = [], []
+
+    def grad_scaler(loss):  # as GradScaler.scale: a larger loss, the same direction
+        scaled_losses.append(loss.detach())
+        return loss * 1024.0
+
+    for scale in (None, grad_scaler):
+        before = [p.detach().clone() for p in model.parameters()]
+        sam = SAM(model, rho=0.05, mode="full")
+        sam.ascend_(F.cross_entropy, inputs, targets, scale=scale)
+        moves.append([p.detach() - b for p, b in zip(model.parameters(), before)])
+        sam.restore_()
+    assert len(scaled_losses) == 1
+    for plain, scaled in zip(*moves):
+        torch.testing.assert_close(plain, scaled, rtol=1e-9, atol=1e-12)
+
+
+def test_a_compiled_module_is_accepted_as_the_forward():
+    """``torch.compile`` returns a module without a truth value (``len()`` raises): the
+    forward must be taken as given, not through ``forward or model``."""
+    model = tiny_model()
+    inputs, targets = batch(6)
+    sam = SAM(model, rho=0.05, mode="full")
+    sam.ascend_(F.cross_entropy, inputs, targets, forward=torch.compile(model, backend="eager"))
+    sam.restore_()

@@ -81,7 +81,7 @@ def test_lr_schedule_values():
 @pytest.mark.parametrize("args", [(-1, 10, 2, 0.1), (0, 0, 0, 0.1), (0, 10, 11, 0.1),
                                   (0, 10, -1, 0.1)])
 def test_lr_schedule_rejects_bad_arguments(args):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         lr_at(*args)
 
 
@@ -99,7 +99,7 @@ def test_build_optimizer_settings_and_errors():
 
 
 def reference_clip(w, g, clipping, eps=1e-3):
-    """Row-wise AGC for a 2-D or 1-D tensor, written out (PAPER.md §4)."""
+    """Row-wise AGC for a 2-D or 1-D tensor, written out (Brock et al. 2021, §4)."""
     rows = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
     grows = g.reshape(rows.shape).clone()
     for i in range(rows.shape[0]):
@@ -124,7 +124,7 @@ def test_clip_then_decay_then_nesterov_momentum():
             p.grad = grads[n].clone()
         agc.clip_()
         opt.step()
-        for n in ref:  # PAPER.md §4: clip the gradient, then add weight decay, then momentum
+        for n in ref:  # official SGD_AGC: clip the gradient, then add weight decay, then momentum
             d = reference_clip(ref[n], grads[n], clipping)
             d = d + (wd if n.endswith("weight") else 0.0) * ref[n]
             buf[n] = d.clone() if step == 0 else mu * buf[n] + d
