@@ -242,3 +242,17 @@ def test_a_stale_trial_of_another_host_is_found_at_the_first_look_by_its_owners_
     queue.beat(second.trial_id)
     observer = RunQueue("s", storage)  # never saw either alive; its own heartbeat setting is not used
     assert liveness.HEARTBEAT_S == 10 and [t._trial_id for t in observer.lost()] == [first.trial_id]
+
+
+def test_an_outage_longer_than_the_bound_ends_in_one_line_naming_the_store(nfstudy_home, monkeypatch):
+    from servers import free_port
+
+    monkeypatch.setenv("NFSTUDY_OUTAGE_S", "2")
+    url = f"postgresql://alice:s3cret@127.0.0.1:{free_port()}/nfstudy"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(TrackingError) as raised:
+        RunQueue("s", url)
+    message = str(raised.value)
+    assert 2 <= time.monotonic() - started < 30  # retried for the bound, then gave up
+    assert message.startswith("--storage 'postgresql://alice:***@127.0.0.1:") and "unreachable for" in message
+    assert "$NFSTUDY_OUTAGE_S=2" in message and "s3cret" not in message and "\n" not in message
