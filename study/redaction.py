@@ -23,3 +23,9 @@ def redact(text: str) -> str:
         The same text, ``postgresql://user:secret@h/db`` shown as ``postgresql://user:***@h/db``.
     """
     return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+def first_line(err: BaseException) -> str:
+    """An error as one short line for a user: its first line, redacted, else its type."""
+    lines = str(err).strip().splitlines()
+    return redact(lines[0][:300]) if lines else type(err).__name__

@@ -92,25 +92,40 @@ class PostgresServer:
 
     port: int
     data_dir: Path
+    options: str
+    """``pg_ctl -o`` options of the server (port, socket directory, settings)."""
 
     def url(self, database: str = "postgres") -> str:
-        """SQLAlchemy URL of ``database`` (psycopg2 driver)."""
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        """The URL of ``database`` in the README's form, ``postgresql://USER@HOST:PORT/DB``."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        """Create database ``name`` (if missing) and return its URL."""
-        import psycopg2
+        """Create database ``name`` (if missing) and return its URL (:meth:`url`)."""
+        import psycopg
 
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                if cursor.fetchone() is None:
-                    cursor.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            connection.close()
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as connection:
+            if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def restart(self, down_s: float) -> None:
+        """Stop the server (``-m fast``: connections are cut), wait ``down_s``, start it again."""
+        pg_ctl = pg_binaries()[1]
+        subprocess.run(_as_pg_user([pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
+                       check=True, capture_output=True, timeout=60)
+        time.sleep(down_s)
+        subprocess.run(_as_pg_user([pg_ctl, "-D", str(self.data_dir), "-l", str(self.data_dir.parent / "server.log"),
+                                    "-o", self.options, "-w", "-t", "60", "start"]),
+                       check=True, capture_output=True, timeout=90)
+
+    def connections(self) -> int:
+        """Client connections open now (``pg_stat_activity``, this one not counted)."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres") as connection:
+            return connection.execute("SELECT count(*) - 1 FROM pg_stat_activity WHERE backend_type = "
+                                      "'client backend'").fetchone()[0]
 
 
 @contextlib.contextmanager
@@ -147,7 +162,7 @@ def postgres_server(timeout_s: float = 60.0) -> Iterator[PostgresServer]:
             text = log.read_text() if log.exists() else started.stderr
             raise RuntimeError(f"PostgreSQL did not start: {text[-2000:]}")
         try:
-            yield PostgresServer(port=port, data_dir=data_dir)
+            yield PostgresServer(port=port, data_dir=data_dir, options=options)
         finally:
             subprocess.run(_as_pg_user([pg_ctl, "-D", str(data_dir), "-m", "immediate", "-w", "stop"]),
                            capture_output=True, timeout=60)
@@ -156,13 +171,18 @@ def postgres_server(timeout_s: float = 60.0) -> Iterator[PostgresServer]:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str | None = None, timeout_s: float = 120.0) -> Iterator[str]:
+def mlflow_server(backend_store_uri: str | None = None, timeout_s: float = 120.0, *, port: int | None = None,
+                  auth: tuple[str, str] | None = None) -> Iterator[str]:
     """Start ``mlflow server`` on 127.0.0.1 and a free port; stop it after.
 
     Args:
-        backend_store_uri: the server's store, e.g. ``PostgresServer.create_database(...)``;
-            ``None`` = a fresh SQLite file in a temporary directory.
+        backend_store_uri: the server's store, e.g. ``PostgresServer.create_database(...)``
+            (the README's ``postgresql://`` form, passed as it is); ``None`` = a fresh
+            SQLite file in a temporary directory.
         timeout_s: how long the server may take to answer ``/health``.
+        port: listen there (e.g. to restart a server where its clients look); default: a free port.
+        auth: ``(user, password)``: the README's secure recipe, MLflow's ``basic-auth`` app
+            with that admin and ``--allowed-hosts`` for this address only.
 
     Returns:
         A context manager yielding the tracking URI, ``http://127.0.0.1:PORT``.
@@ -173,15 +193,19 @@ def mlflow_server(backend_store_uri: str | None = None, timeout_s: float = 120.0
     """
     with tempfile.TemporaryDirectory(prefix="nfstudy-mlflow-") as tmp:
         backend = backend_store_uri or f"sqlite:///{tmp}/mlflow.db"
-        port = free_port()
+        port = port or free_port()
         log_path = Path(tmp) / "server.log"
+        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                   "--artifacts-destination", f"{tmp}/artifacts", "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", "1"]
+        env = dict(os.environ)
+        if auth:
+            command += ["--app-name", "basic-auth", "--allowed-hosts", f"127.0.0.1:{port}"]
+            env.update(MLFLOW_AUTH_ADMIN_USERNAME=auth[0], MLFLOW_AUTH_ADMIN_PASSWORD=auth[1],
+                       MLFLOW_FLASK_SERVER_SECRET_KEY=os.urandom(16).hex())
         with open(log_path, "wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                 "--artifacts-destination", f"{tmp}/artifacts", "--host", "127.0.0.1",
-                 "--port", str(port), "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
-            )
+            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      cwd=tmp, env=env)
         uri = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout_s

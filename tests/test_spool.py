@@ -129,30 +129,41 @@ seeds: [0, 1, 2, 3]
 """
 
 
-@pytest.mark.slow
-def test_tracking_server_killed_mid_run_loses_nothing(tmp_path, nfstudy_home, monkeypatch):
+def register(tmp_path: Path, monkeypatch, name: str, text: str) -> None:
+    """Make study ``name`` a registered study (``$NFSTUDY_EXPERIMENTS``), on the smoke preset."""
     experiments = tmp_path / "experiments"
     (experiments / "presets").mkdir(parents=True)
-    (experiments / "offline.yaml").write_text(STUDY)
+    (experiments / f"{name}.yaml").write_text(text)
     (experiments / "presets" / "smoke.yaml").write_text((REPO / "experiments/presets/smoke.yaml").read_text())
     monkeypatch.setenv("NFSTUDY_EXPERIMENTS", str(experiments))
-    backend = f"sqlite:///{tmp_path / 'server.db'}"
 
+
+def run_while_the_server_dies(backend: str, experiment: str, *args: str) -> str:
+    """``nfstudy ARGS --tracking-uri`` against an ``mlflow server`` on ``backend``, killed as
+    soon as the first child run of ``experiment`` is FINISHED; the command's output."""
     with contextlib.ExitStack() as server:
         uri = server.enter_context(mlflow_server(backend))
-        run = subprocess.Popen([sys.executable, "-m", "study", "run", "offline", "--tracking-uri", uri],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "study", *args, "--tracking-uri", uri],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client, deadline = MlflowClient(uri), time.monotonic() + 300
-        while time.monotonic() < deadline and run.poll() is None:
-            experiment = client.get_experiment_by_name("offline")
-            if experiment and finished_children(client, experiment.experiment_id):
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = client.get_experiment_by_name(experiment)
+            if found and finished_children(client, found.experiment_id):
                 break
             time.sleep(0.5)
-        assert run.poll() is None, "the study ended before the server could be killed"
+        assert proc.poll() is None, "the command ended before the server could be killed"
         # Leaving the stack kills the server (its whole session) while runs are left to do.
-    output, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, output
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
     assert "Traceback" not in output
+    return output
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_mid_run_loses_nothing(tmp_path, nfstudy_home, monkeypatch):
+    register(tmp_path, monkeypatch, "offline", STUDY)
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    run_while_the_server_dies(backend, "offline", "run", "offline")
     spooled = spool.pending()
     assert spooled, "nothing was spooled: the server died after the study"
 
@@ -175,3 +186,33 @@ def test_tracking_server_killed_mid_run_loses_nothing(tmp_path, nfstudy_home, mo
     assert spool.pending() == []
     assert all(json.loads(p.read_text().splitlines()[0])["kind"] == "run"
                for p in (nfstudy_home / "spool" / "uploaded").glob("*.jsonl"))
+
+
+SEARCH = """\
+name: offline-search
+base: presets/smoke.yaml
+fixed: {train.steps: 25}
+seeds: [0]
+search:
+  agc.clipping: {low: 0.001, high: 1.0, log: true}
+  pruner: none
+"""
+
+
+@pytest.mark.slow
+def test_a_search_whose_tracking_server_goes_away_spools_its_trials_like_a_grid(tmp_path, nfstudy_home, monkeypatch):
+    register(tmp_path, monkeypatch, "offline-search", SEARCH)
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    output = run_while_the_server_dies(backend, "search:offline-search", "search", "offline-search", "--trials", "4")
+    assert "4 added" in " ".join(output.split())
+    spooled = spool.pending()
+    assert spooled and all(run.tags["optuna.trial_number"] for run in spooled)
+
+    with mlflow_server(backend) as uri:
+        assert main(["sync", "--tracking-uri", uri]) == 0
+        client = MlflowClient(uri)
+        experiment_id = client.get_experiment_by_name("search:offline-search").experiment_id
+        runs = finished_children(client, experiment_id)
+        assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [0, 1, 2, 3]
+        assert len({r.data.tags["nfstudy.optuna_study"] for r in runs}) == 1
+        assert all(r.data.tags["nfstudy.outcome"] == "completed" and "test/top1" in r.data.metrics for r in runs)

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import children, cmdline, group
 from servers import free_port
 
 from study.cli import main
@@ -181,3 +182,18 @@ def test_screenshot_of_the_experiment_page_shows_the_runs(ui_home, tmp_path):
     assert image.size == (1400, 900)
     # A rendered page, not a blank one: many distinct grey levels (text, table lines, logo).
     assert len(image.getcolors(256)) > 20  # (count, grey level) pairs, one per level used
+
+
+@pytest.mark.slow
+def test_kill_9_of_ui_stops_its_servers_and_frees_the_port(ui_home):
+    port = free_port()
+    proc = start_ui(ui_home, port)
+    servers = [pid for pid in children(proc.pid) if b"mlflow" in cmdline(pid)]
+    assert servers, "no mlflow server among the children of nfstudy ui"
+    pgid = os.getpgid(servers[0])
+    proc.kill()  # SIGKILL: nfstudy ui cannot stop anything itself
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 60
+    while _listeners(port) or group(pgid):
+        assert time.monotonic() < deadline, f"the server outlived nfstudy ui: port {port} {_listeners(port)}"
+        time.sleep(0.5)

@@ -218,7 +218,10 @@ def run(
                           on_progress=progress.on_progress, on_event=progress.on_event, on_epoch=progress.on_epoch,
                           nproc_per_node=nproc_per_node, stale=policy)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
-                  f"{len(summary.failed)} failed, {summary.done_before} were already done")
+                  + (f"{len(summary.failed)} not finished (interrupted; the next run resumes)" if summary.interrupted
+                     else f"{len(summary.failed)} failed") + f", {summary.done_before} were already done")
+    if summary.interrupted:
+        raise KeyboardInterrupt
     for line in summary.failed:
         err_console.print(f"failed: {line}")
     if summary.failed:
@@ -321,21 +324,38 @@ def worker(
                                                       "coordinator) dies.")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Processes (GPUs) per run "
                                                 "(torchrun DDP).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine: one GPU each "
+                                         "when there are GPUs, else an equal share of the CPU cores; 1 trains in "
+                                         "this process.")] = 1,
+    plan: Annotated[Optional[str], typer.Option(hidden=True, help="Train only this plan's configs (a local "
+                                                "coordinator's).")] = None,
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
     Start `nfstudy run NAME --storage URL --tracking-uri URI` somewhere first: it fills the
-    queue. Exits 0 when nothing is left; Ctrl-C closes the current run KILLED, puts its
-    config back in the queue and exits 130."""
+    queue. Exits 0 when nothing is left; Ctrl-C or SIGTERM closes the current run KILLED,
+    puts its config back in the queue and exits 130."""
     import socket
 
+    from study import paths
+    from study.cli import preflight
     from study.record.tracking import Tracking
-    from study.run.queue import RunQueue
+    from study.run.coordinator import run_local_workers
+    from study.run.queue import RunQueue, storage_url
     from study.run.worker import run_worker
 
+    # A wrong URL is one line and exit 2 within seconds; an outage later is ridden out.
+    preflight.check_storage(storage_url(storage))
+    preflight.check_tracking(paths.tracking_uri(tracking_uri))
     queue = RunQueue(study, storage)
     tracking = Tracking(tracking_uri)
     me = f"worker {socket.gethostname()}:{os.getpid()}"
+    if workers > 1:
+        console.print(f"{me}: {workers} worker processes (logs: $NFSTUDY_HOME/logs/{study}/)")
+        if run_local_workers(queue, tracking, workers, nproc_per_node):
+            raise KeyboardInterrupt
+        console.print(f"{me}: queue empty")
+        return
 
     def on_event(event, job, result):
         detail = ""
@@ -343,12 +363,15 @@ def worker(
             detail = f" {result['outcome']} val/top1 {result['val/top1']:.3f}"
         console.print(f"{me}: {event} {job.run_name} [{job.config_hash}]{detail}")
 
-    summary = run_worker(queue, tracking, parent_pid=parent_pid, on_event=on_event, nproc_per_node=nproc_per_node)
+    summary = run_worker(queue, tracking, hashes=queue.plan_hashes(plan) if plan else None, parent_pid=parent_pid,
+                         on_event=on_event, nproc_per_node=nproc_per_node)
     queue_ms, check_ms = summary.overhead_ms()
-    console.print(f"{me}: queue empty; {summary.completed} completed, {summary.diverged} diverged, "
-                  f"{len(summary.failed)} failed, {summary.skipped} skipped (done elsewhere), "
-                  f"{summary.recovered} lost runs recovered; per run: queue {queue_ms:.1f} ms, "
+    console.print(f"{me}: {'interrupted' if summary.interrupted else 'queue empty'}; {summary.completed} completed, "
+                  f"{summary.diverged} diverged, {len(summary.failed)} failed, {summary.skipped} skipped (done "
+                  f"elsewhere), {summary.recovered} lost runs recovered; per run: queue {queue_ms:.1f} ms, "
                   f"MLflow checks {check_ms:.1f} ms")
+    if summary.interrupted:
+        raise KeyboardInterrupt
 
 
 @app.command()
@@ -368,6 +391,8 @@ def search(
 
     import optuna
 
+    from study import paths
+    from study.cli import preflight
     from study.config.expand import parse_overrides
     from study.config.study_file import load_study
     from study.record.tracking import Tracking
@@ -376,6 +401,7 @@ def search(
     storage = _search_storage("search", search_storage, old_storage)
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    preflight.check_storage(paths.optuna_storage(storage))  # a wrong URL: one line within seconds
     open_storage(storage)  # a bad storage fails here, before any MLflow run is created
     pinned = [k for k in plan.search.space if k not in plan.space]
     console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"

@@ -1,14 +1,14 @@
 """``nfstudy ui``: the MLflow UI (and optuna-dashboard) on the stores ``nfstudy run`` uses.
 
-Servers bind to 127.0.0.1 unless ``--host`` says otherwise (with a warning: MLflow has no
-authentication). Each server runs in its own session so that stopping ``nfstudy ui``
-(Ctrl-C, SIGTERM) stops it and all the workers it forked, and frees the port.
+Servers bind to 127.0.0.1 unless ``--host`` says otherwise (with a warning: this server has
+no login). Each server runs in its own process group (:mod:`study.children`), so stopping
+``nfstudy ui`` (Ctrl-C, SIGTERM, even ``kill -9``) stops it and all the processes it forked,
+and frees the port.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from study import paths
+from study.children import start_group, stop_group
 from study.errors import ConfigError, TrackingError
+from study.record import optuna_storage as optuna_storage_module, stores
 from study.redaction import redact
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -32,7 +34,7 @@ STOP_TIMEOUT_S = 10.0
 def mlflow_command(tracking_uri: str, host: str, port: int) -> list[str]:
     """``mlflow server`` on ``tracking_uri`` with nfstudy's artifact root."""
     artifacts = str(paths.home() / "artifacts")
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stores.database_url(tracking_uri),
             "--default-artifact-root", paths.artifact_root(), "--artifacts-destination", artifacts,
             "--host", host, "--port", str(port), "--workers", "1"]
 
@@ -40,7 +42,8 @@ def mlflow_command(tracking_uri: str, host: str, port: int) -> list[str]:
 def dashboard_command(storage: str, host: str, port: int) -> list[str]:
     """``optuna-dashboard`` on the Optuna storage."""
     executable = Path(sys.executable).with_name("optuna-dashboard")
-    return [str(executable), storage, "--host", host, "--port", str(port)]
+    url = stores.database_url(storage) if "://" in storage else storage
+    return [str(executable), url, "--host", host, "--port", str(port)]
 
 
 def check_port(host: str, port: int) -> None:
@@ -66,11 +69,11 @@ def url_of(host: str, port: int) -> str:
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:
-    """Start a server in its own session, output to ``log``."""
+    """Start a server in its own process group, which dies with this process; output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=paths.home())
+        return start_group(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                           cwd=paths.home())
 
 
 def wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -92,17 +95,8 @@ def wait_ready(name: str, proc: subprocess.Popen, url: str, log: Path, timeout_s
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's session, then SIGKILL after :data:`STOP_TIMEOUT_S`."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """SIGTERM the server's group, then SIGKILL after :data:`STOP_TIMEOUT_S`."""
+    stop_group(proc, STOP_TIMEOUT_S)
 
 
 def serve(tracking_uri: str, host: str, port: int, optuna_storage: str | None, dashboard_port: int,
@@ -138,6 +132,9 @@ def serve(tracking_uri: str, host: str, port: int, optuna_storage: str | None, d
         mlflow_log = logs / "mlflow-ui.log"
         servers.append(start(mlflow_command(tracking_uri, host, port), mlflow_log))
         if optuna_storage:
+            # Created here, under nfstudy's lock, so the dashboard never races a search that
+            # is creating the same tables.
+            optuna_storage_module.open_storage(optuna_storage, create=True)
             dashboard_log = logs / "optuna-dashboard.log"
             servers.append(start(dashboard_command(optuna_storage, host, dashboard_port), dashboard_log))
             wait_ready("optuna-dashboard", servers[1], url_of(host, dashboard_port), dashboard_log)

@@ -11,8 +11,9 @@ run and moves its file to ``spool/uploaded/``. It is idempotent: a run it create
 tagged ``nfstudy.spool_id``, and a FINISHED config hash is never recorded twice (a spooled
 result whose config is already FINISHED in the experiment is dropped as a duplicate).
 
-Records, in order: ``run`` (the header: study, experiment and parent ids, MLflow run id when
-the run was created before the server went away, run name, tags, params), then any of
+Records, in order: ``run`` (the header: study, experiment name and id, parent id and the tags
+that select it, MLflow run id when the run was created before the server went away, run
+name, tags, params), then any of
 ``params``, ``metrics`` (``[[key, value, timestamp_ms, step], …]``), ``tags``, and ``end``.
 """
 
@@ -32,8 +33,6 @@ from mlflow.entities import Metric, Param, RunTag
 
 from study import paths
 from study.record.tags import COMPLETED, ERROR, HASH, OUTCOME, PARENT_ID, ROLE, SPOOL_ID
-
-#: Tag naming the spool file a run was uploaded from (idempotent uploads).
 
 
 def spool_dir() -> Path:
@@ -177,47 +176,63 @@ def sync(tracking, on_run: Callable[[str], None] | None = None) -> SyncSummary:
         TrackingError: the tracking store cannot be used (nothing is moved then).
     """
     summary = SyncSummary()
-    for run in pending():
-        header = run.header
-        experiment_id, parent_id = tracking.ensure_study(header["study"], header.get("description", ""))
-        client = tracking.client
-        status = run.status or "KILLED"  # the writer died before it could say
-        done = tracking.finished_hashes(experiment_id) if run.config_hash else {}
-        run_id = _existing_run(client, experiment_id, header)
-        if run_id is not None and client.get_run(run_id).info.status != "RUNNING":
-            line = f"{header['run_name']} [{run.config_hash}]: uploaded before (run {run_id})"
-        elif status == "FINISHED" and run.config_hash in done and done[run.config_hash] != run_id:
-            if run_id is not None:  # created before the server went away: close it
-                client.set_tag(run_id, ERROR, "duplicate: this config was recorded FINISHED by another run")
-                client.set_terminated(run_id, "KILLED")
-            summary.duplicates += 1
-            line = f"{header['run_name']} [{run.config_hash}]: already FINISHED in '{header['study']}', not uploaded again"
-        else:
-            if run_id is None:
-                tags = {**run.tags, PARENT_ID: parent_id, SPOOL_ID: header["spool_id"]}
-                tags.setdefault(ROLE, "child")
-                run_id = client.create_run(experiment_id, start_time=header.get("start_time"),
-                                           run_name=header["run_name"], tags=tags).info.run_id
-            else:
-                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run.tags.items()
-                                               if k != PARENT_ID])
-            existing = client.get_run(run_id).data.params
-            params = [Param(k, v) for k, v in header.get("params", {}).items() if k not in existing]
-            for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=params[i:i + 100])
-            metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in run.metrics]
-            for i in range(0, len(metrics), 1000):
-                client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            if run.status is None:
-                client.set_tag(run_id, ERROR, "the process died while the tracking server was unreachable")
-            client.set_terminated(run_id, status, end_time=run.end_time)
-            summary.uploaded += 1
-            line = f"{header['run_name']} [{run.config_hash}]: uploaded as {status} run {run_id}"
-        summary.runs.append(line)
-        if on_run:
-            on_run(line)
-        _mark_uploaded(run.path)
+    root = spool_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    lock = os.open(root / ".sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # workers of one home sync one at a time: no run uploaded twice
+        for run in pending():
+            _upload(tracking, run, summary, on_run)
+    finally:
+        os.close(lock)
     return summary
+
+
+def _upload(tracking, run: SpooledRun, summary: SyncSummary, on_run: Callable[[str], None] | None) -> None:
+    """Upload one spooled run (or drop it as a duplicate), then move its file."""
+    header = run.header
+    # By name, not id: ids mean nothing on another tracking store. A search's runs live in
+    # experiment "search:<study>" under the parent of their Optuna study.
+    experiment_id, parent_id = tracking.ensure_study(header.get("experiment", header["study"]),
+                                                     header.get("description", ""),
+                                                     parent=header.get("parent_tags") or None)
+    client = tracking.client
+    status = run.status or "KILLED"  # the writer died before it could say
+    done = tracking.finished_hashes(experiment_id) if run.config_hash else {}
+    run_id = _existing_run(client, experiment_id, header)
+    if run_id is not None and client.get_run(run_id).info.status != "RUNNING":
+        line = f"{header['run_name']} [{run.config_hash}]: uploaded before (run {run_id})"
+    elif status == "FINISHED" and run.config_hash in done and done[run.config_hash] != run_id:
+        if run_id is not None:  # created before the server went away: close it
+            client.set_tag(run_id, ERROR, "duplicate: this config was recorded FINISHED by another run")
+            client.set_terminated(run_id, "KILLED")
+        summary.duplicates += 1
+        line = f"{header['run_name']} [{run.config_hash}]: already FINISHED in '{header['study']}', not uploaded again"
+    else:
+        if run_id is None:
+            tags = {**run.tags, PARENT_ID: parent_id, SPOOL_ID: header["spool_id"]}
+            tags.setdefault(ROLE, "child")
+            run_id = client.create_run(experiment_id, start_time=header.get("start_time"),
+                                       run_name=header["run_name"], tags=tags).info.run_id
+        else:
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run.tags.items()
+                                           if k != PARENT_ID])
+        existing = client.get_run(run_id).data.params
+        params = [Param(k, v) for k, v in header.get("params", {}).items() if k not in existing]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i:i + 100])
+        metrics = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in run.metrics]
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        if run.status is None:
+            client.set_tag(run_id, ERROR, "the process died while the tracking server was unreachable")
+        client.set_terminated(run_id, status, end_time=run.end_time)
+        summary.uploaded += 1
+        line = f"{header['run_name']} [{run.config_hash}]: uploaded as {status} run {run_id}"
+    summary.runs.append(line)
+    if on_run:
+        on_run(line)
+    _mark_uploaded(run.path)
 
 
 def _existing_run(client, experiment_id: str, header: dict[str, Any]) -> str | None:

@@ -1,19 +1,20 @@
-"""Where runs and queues are stored, reached safely: URL normalisation, bounded HTTP
-clients, and probes that answer in seconds (never hang) before anything is written.
+"""Where runs and queues are stored, reached safely: one URL normaliser for every opener
+(queue, search, preflight, tracking, ``nfstudy ui``'s server), bounded HTTP clients and
+database connections, and probes that answer in seconds (never hang) before anything is
+written.
 
 Messages show URLs redacted.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from study.errors import ConfigError, TrackingError
-from study.redaction import redact
+from study.redaction import first_line, redact
 
 #: Seconds a probe of a tracking server or database may take.
 PROBE_TIMEOUT_S = 5
@@ -30,13 +31,35 @@ HTTP_CLIENT_ENV = {
 _SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://USER@HOST:PORT/DB, mysql://…, file:///PATH"
 
 
-def sqlalchemy_url(url: str) -> str:
-    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
-    this project ships psycopg2."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
+#: Seconds to open one database connection (PostgreSQL), so a host that does not answer
+#: costs seconds, not the operating system's TCP timeout.
+CONNECT_TIMEOUT_S = 10
+#: Milliseconds one PostgreSQL statement, or one wait for a row lock, may take.
+STATEMENT_TIMEOUT_MS = 60_000
+
+
+def database_url(url: str) -> str:
+    """The SQLAlchemy URL of a database store, as every opener uses it.
+
+    ``postgres://`` and ``postgresql://`` name psycopg 3 explicitly (a dependency; SQLAlchemy
+    2.0 would pick psycopg2), and a PostgreSQL URL gets a connect timeout and statement and
+    lock timeouts unless it sets its own. Other URLs are returned unchanged.
+
+    Example::
+
+        database_url("postgresql://nfstudy@db:5432/nfstudy")
+        # 'postgresql+psycopg://nfstudy@db:5432/nfstudy?connect_timeout=10&options=-c+statement_timeout...'
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("postgres", "postgresql"):
+        scheme = "postgresql+psycopg"
+    elif not scheme.startswith("postgresql+"):
+        return url
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
+    query.setdefault("options", f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}")
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def configure_http_client() -> None:
@@ -78,12 +101,12 @@ def check_database(url: str, option: str) -> None:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": PROBE_TIMEOUT_S})
+        engine = sqlalchemy.create_engine(database_url(url), connect_args={"connect_timeout": PROBE_TIMEOUT_S})
         with engine.connect():
             pass
         engine.dispose()
     except Exception as err:  # noqa: BLE001 - drivers raise many types for a dead server
-        raise TrackingError(f"{option} '{redact(url)}' is unreachable: {_first_line(err)}") from None
+        raise TrackingError(f"{option} '{redact(url)}' is unreachable: {first_line(err)}") from None
 
 
 def check_storage(url: str | None) -> None:
@@ -114,8 +137,3 @@ def _probe_http(uri: str) -> None:
         raise TrackingError(f"tracking server {redact(uri)} is unreachable ({redact(str(reason))}, "
                             f"{PROBE_TIMEOUT_S} s timeout): start it, e.g. `nfstudy ui`, or pass another "
                             "--tracking-uri") from None
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return redact(lines[0][:300]) if lines else type(err).__name__

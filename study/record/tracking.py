@@ -1,4 +1,5 @@
-"""MLflow tracking, laid out as the README's "Where results live" says.
+"""MLflow tracking: the experiments, parent and child runs nfstudy records (README, "Where
+results live").
 
 One experiment per study (named after it), one parent run per study (reused by later
 invocations), one child run per RunConfig. The coordinator creates the database, the
@@ -8,8 +9,10 @@ active-run stack). Metrics are logged asynchronously in batches, flushed at the 
 
 Nothing is lost when a tracking server goes away: a child run whose call fails while the
 server does not answer goes on, writing to the local spool (:mod:`study.record.spool`), and
-``nfstudy sync`` (or the next ``nfstudy run``) uploads it. HTTP calls are bounded
-(:data:`study.record.stores.HTTP_CLIENT_ENV`) so a dead server costs seconds, not minutes.
+``nfstudy sync`` (or the next ``nfstudy run``, or the worker itself once the server is
+back) uploads it. HTTP calls are bounded (:data:`study.record.stores.HTTP_CLIENT_ENV`) so a
+dead server costs seconds, not minutes; a server that answers but fails for a while (its
+database restarting) is retried for up to :func:`study.record.outage.outage_s`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from study import paths
 from study.config.code_fingerprint import code_tags
 from study.config.run_config import run_params
 from study.errors import TrackingError
-from study.record import stores
+from study.record import outage, stores
+from study.record.optuna_storage import lock_beside
 from study.record.spool import SpoolWriter, finished as spool_finished
 from study.record.tags import (
     ARM,
@@ -47,7 +51,7 @@ from study.record.tags import (
     RUN_NAME,
     STUDY,
 )
-from study.redaction import redact
+from study.redaction import first_line, redact
 
 
 def param_value(value: Any) -> str:
@@ -63,15 +67,24 @@ class Tracking:
     """
 
     def __init__(self, uri: str | None = None):
-        self.uri = stores.sqlalchemy_url(paths.tracking_uri(uri))
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = stores.database_url(paths.tracking_uri(uri))
         if self.uri.startswith(("http://", "https://")):
             stores.configure_http_client()
-        self.client = MlflowClient(self.uri)
+        if self.uri.startswith("sqlite:///"):
+            # MLflow creates (or migrates) a SQLite store's tables when it opens it: one
+            # process at a time, so two `nfstudy run` started together do not both try.
+            with lock_beside(Path(self.uri.removeprefix("sqlite:///")), "schema").held():
+                self.client = MlflowClient(self.uri)
+                self.client.search_experiments(max_results=1)
+        else:
+            self.client = MlflowClient(self.uri)
         self.offline = False
         """True once a call failed because the server did not answer (runs go to the spool)."""
-        self._descriptions: dict[str, str] = {}
+        self.spooled = False
+        """True once a run of this process went to the spool (``nfstudy sync`` has work)."""
+        self._studies: dict[str, dict[str, Any]] = {}
+        """``{experiment id: {experiment name, description, parent tags}}`` as
+        :meth:`ensure_study` made them: what the spool needs to find them again on upload."""
         self._known: dict[str, dict[str, str]] = {}
         """``{experiment id: {config hash: outcome}}`` FINISHED as last seen or recorded here,
         so a summary made while offline still counts what finished before the server went."""
@@ -86,6 +99,12 @@ class Tracking:
             return False
         return True
 
+    def retry(self, call):
+        """``call()`` through a transient failure of the tracking store (its database
+        restarting), for up to :func:`study.record.outage.outage_s`; a server that stops
+        answering altogether raises at once (the caller spools)."""
+        return outage.retry(call, f"tracking store '{redact(self.uri)}'", give_up=lambda err: not self.reachable())
+
     def _online(self) -> bool:
         """Not offline, or offline but the server answers again (then online again)."""
         if self.offline and self.reachable():
@@ -98,10 +117,10 @@ class Tracking:
         ``"seen"`` for one this process saw FINISHED before the server went away."""
         if self._online():
             try:
-                runs = self.client.search_runs(
+                runs = self.retry(lambda: self.client.search_runs(
                     [experiment_id], max_results=1,
                     filter_string=f"tags.`{HASH}` = '{config_hash}' and tags.`{ROLE}` = 'child' "
-                                  "and attributes.status = 'FINISHED'")
+                                  "and attributes.status = 'FINISHED'"))
                 if runs:
                     return runs[0].info.run_id
             except Exception:
@@ -118,8 +137,8 @@ class Tracking:
         outcomes = {**known, **spool_finished(experiment_id)}
         if self._online():
             try:
-                known.update({run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
-                              for run in self.finished_runs([experiment_id])})
+                known.update(self.retry(lambda: {run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
+                                                 for run in self.finished_runs([experiment_id])}))
                 outcomes.update(known)
             except Exception:
                 if self.reachable():
@@ -135,35 +154,51 @@ class Tracking:
         set on it when created; its ``mlflow.runName`` names it (a search keeps one parent
         per Optuna study in one experiment)."""
         try:
-            experiment = self.client.get_experiment_by_name(name)
+            experiment_id, parent_id = self.retry(lambda: self._ensure_study(name, description, dict(parent or {})))
+        except TrackingError:
+            raise
         except Exception as err:  # MLflow raises many types for an unusable store
-            raise TrackingError(f"tracking store '{redact(self.uri)}' is not usable: {_short(err)}") from None
+            raise TrackingError(f"tracking store '{redact(self.uri)}' is not usable: {first_line(err)}") from None
+        self._studies[experiment_id] = {"experiment": name, "description": description, "parent_tags": dict(parent or {})}
+        return experiment_id, parent_id
+
+    def _ensure_study(self, name: str, description: str, tags: dict[str, str]) -> tuple[str, str]:
+        """Create-or-get, safe when several processes do it at once: a lost race to create
+        the experiment reads the winner's; of parents created at once, all keep the oldest
+        and the others delete their own."""
+        experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None
             if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
                 location = f"{paths.artifact_root()}/{paths.safe_name(name)}"
-            # Tagged as model training, so the MLflow UI opens on its runs (not GenAI traces).
-            experiment_id = self.client.create_experiment(name, artifact_location=location,
-                                                          tags={EXPERIMENT_KIND: "custom_model_development"})
+            try:
+                # Tagged as model training, so the MLflow UI opens on its runs (not GenAI traces).
+                experiment_id = self.client.create_experiment(name, artifact_location=location,
+                                                              tags={EXPERIMENT_KIND: "custom_model_development"})
+            except Exception as err:
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise err from None
+                experiment_id = experiment.experiment_id
         else:
             experiment_id = experiment.experiment_id
-        tags = dict(parent or {})
         selected = "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items() if k != RUN_NAME)
-        parents = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'{selected}", max_results=1,
-            order_by=["attributes.start_time ASC"],
-        )
-        if parents:
-            parent_id = parents[0].info.run_id
-        else:
-            run = self.client.create_run(
-                experiment_id, run_name=tags.pop(RUN_NAME, name),
-                tags={ROLE: "parent", STUDY: name, NOTE: description, **tags},
-            )
-            parent_id = run.info.run_id
-            self.client.set_terminated(parent_id, "FINISHED")
-        self._descriptions[experiment_id] = description
-        return experiment_id, parent_id
+
+        def parents() -> list:
+            found = self.client.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'{selected}",
+                                            max_results=100)
+            return sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))
+
+        found = parents()
+        if found:
+            return experiment_id, found[0].info.run_id
+        mine = self.client.create_run(experiment_id, run_name=tags.pop(RUN_NAME, name),
+                                      tags={ROLE: "parent", STUDY: name, NOTE: description, **tags}).info.run_id
+        self.client.set_terminated(mine, "FINISHED")
+        oldest = parents()[0].info.run_id
+        if oldest != mine:  # another process created one at the same moment: keep one
+            self.client.delete_run(mine)
+        return experiment_id, oldest
 
     def finished_runs(self, experiment_ids: list[str]):
         """The FINISHED child runs of the experiments, page by page (the results)."""
@@ -240,23 +275,25 @@ class Tracking:
             **code_tags(), HOST: socket.gethostname(),
             **(tags or {}),
         }
-        header = {"study": study, "description": self._descriptions.get(experiment_id, ""),
+        header = {"study": study, **self._studies.get(experiment_id, {"description": ""}),
                   "experiment_id": experiment_id, "parent_id": parent_id, "run_name": run_name,
                   "tags": tags, "params": {k: param_value(v) for k, v in params.items()},
                   "start_time": int(time.time() * 1000)}
         if self._online():
             try:
                 run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-            except Exception:
-                if self.reachable():
+            except Exception as err:
+                if not self.reachable():
+                    self.offline = True
+                elif not outage.is_transient(err):
                     raise
-                self.offline = True
             else:
                 child = ChildRun(self.client, run.info.run_id, tracking=self, header=header)
                 child.log_params(params)
                 return child
         child = ChildRun(self.client, None, tracking=self, header=header)
         child.spool = SpoolWriter({**header, "run_id": None})
+        self.spooled = True
         return child
 
 
@@ -264,8 +301,9 @@ class ChildRun:
     """One child run. ``log_metrics`` is asynchronous; :meth:`finish` flushes and closes.
 
     Given its ``tracking`` and spool ``header`` (as :meth:`Tracking.start_child` does), a
-    call that fails while the server does not answer moves the run to the local spool for
-    the rest of its life (``self.spool``); any other failure raises as usual.
+    call that fails while the server does not answer, or answers with a transient failure
+    (:func:`study.record.outage.is_transient`), moves the run to the local spool for the
+    rest of its life (``self.spool``); any other failure raises as usual.
     """
 
     def __init__(self, client: MlflowClient, run_id: str | None, *, tracking: Tracking | None = None,
@@ -279,14 +317,29 @@ class ChildRun:
         self.spool: SpoolWriter | None = None
 
     def _to_spool(self, err: Exception) -> SpoolWriter:
-        """The spool, opened on the first failure while the server is unreachable; ``err``
-        is raised again when the server answers (the failure is something else)."""
+        """The spool, opened on the first failure while the server is unreachable or failing
+        for now; ``err`` is raised again when it is something else."""
         if self.spool is None:
-            if self._tracking is None or self._header is None or self._tracking.reachable():
+            if self._tracking is None or self._header is None:
                 raise err
-            self._tracking.offline = True
+            if self._tracking.reachable():
+                if not outage.is_transient(err):
+                    raise err
+            else:
+                self._tracking.offline = True
+            self._tracking.spooled = True
             self.spool = SpoolWriter({**self._header, "run_id": self.run_id})
         return self.spool
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set tags on the run (into the spool while the server does not answer)."""
+        if self.spool is None:
+            try:
+                self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+                return
+            except Exception as err:
+                self._to_spool(err)
+        self.spool.tags({k: str(v) for k, v in tags.items()})
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, param_value(v)) for k, v in params.items()]
@@ -361,23 +414,15 @@ class ChildRun:
                 self._to_spool(err)
         self.spool.end(status)
 
-    def end(self, status: str, reason: str = "") -> None:
-        """Close the run as FAILED or KILLED (not a result; the next ``run`` retries it)."""
+    def end(self, status: str, reason: str = "", tags: dict[str, str] | None = None) -> None:
+        """Close the run as FAILED or KILLED (not a result; the next ``run`` retries it),
+        with ``reason`` as its ``nfstudy.error`` tag and any other ``tags``."""
         assert status in ("FAILED", "KILLED"), status
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - the run is failing already; keep the first error
             pass
-        if reason and self.spool is None:
-            try:
-                self.client.set_tag(self.run_id, ERROR, reason[:5000])
-            except Exception as err:
-                self._to_spool(err)
-        if reason and self.spool is not None:
-            self.spool.tags({ERROR: reason[:5000]})
+        tags = {**(tags or {}), **({ERROR: reason[:5000]} if reason else {})}
+        if tags:
+            self.set_tags(tags)
         self._terminate(RunStatus.to_string(RunStatus.from_string(status)))
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__

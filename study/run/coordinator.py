@@ -1,24 +1,17 @@
-"""The coordinator of ``nfstudy run``: fills a study's queue, runs workers, waits.
+"""The coordinator of ``nfstudy run``: fills a study's queue with its plan, runs local
+workers, waits. MLflow is the source of truth for what is done; the queue
+(:mod:`study.run.queue`) says what is to do and who does it.
 
-README "Many workers and machines". MLflow is the source of truth for what is done; the queue
-(:mod:`study.run.queue`, Optuna storage) only says what is to do and who does it.
-
-1. :func:`prepare` creates the MLflow experiment and parent run *before* any worker starts
-   (workers never create them), copies in results other studies already made of the same
-   configs, recovers runs whose worker died, closes their MLflow runs, and enqueues every
-   config not FINISHED in MLflow: failed and interrupted configs are queued again. It is
-   idempotent, and safe with several coordinators at once (:meth:`RunQueue.enqueue`).
-2. :func:`execute` trains the queue with ``workers`` local workers: in this process for
-   one, else ``python -m study worker`` subprocesses, each with its own GPUs
-   (:mod:`study.run.placement`), or an equal share of the CPU cores each. A worker that dies (``kill -9``,
-   out of memory) has its run recovered and is started again. Workers on other machines
-   (``nfstudy worker``) may pull from the same queue meanwhile.
-3. Ctrl-C stops every local worker cleanly: each closes its run KILLED and puts its config
-   back in the queue; the next ``nfstudy run`` resumes.
+:func:`prepare` (under the queue's lock, so coordinators started together queue each
+config once) creates the MLflow experiment and parent before any worker starts, copies in
+results other studies made of the same configs, recovers runs whose worker died and
+enqueues every config not FINISHED. :func:`execute` then trains the plan with local
+workers (:func:`run_local_workers`, each with its own GPUs: :mod:`study.run.placement`); workers on other machines may join meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,18 +28,18 @@ from study import paths
 from study.config.code_fingerprint import code_fingerprint
 from study.config.expand import PlannedRun
 from study.config.study_file import StudySpec
+from study.errors import ConfigError
+from study.record.tags import ENDED_ATTR
 from study.record.tracking import Tracking
 from study.run.placement import check_placement, visible_gpus, worker_env
-from study.run.queue import Job, RunQueue
+from study.run.queue import EndKind, Job, RunQueue, plan_id
 from study.run.run_cache import Stale, Survey, supersede, survey
 from study.run.worker import RunEvent, kill_orphan_runs, recover_lost, run_worker
 
 #: Seconds between the coordinator's looks at the queue and its workers.
-POLL_S = 0.5
+POLL_S = 1.0
 #: Seconds a worker gets to close its run after Ctrl-C before it is killed.
 STOP_TIMEOUT_S = 60.0
-#: Queue errors of trials whose config goes back to the queue (not reported as failures).
-_NOT_A_FAILURE = ("cancelled", "worker lost", "interrupted")
 
 
 @dataclass
@@ -59,7 +52,8 @@ class Summary:
     diverged: int = 0
     failed: list[str] = field(default_factory=list)
     """``run name: reason`` of the configs that are still not FINISHED."""
-    restarts: int = 0
+    interrupted: bool = False
+    """Stopped by Ctrl-C or SIGTERM (every local run was closed and put back in the queue)."""
 
 
 @dataclass
@@ -68,11 +62,10 @@ class Prepared:
 
     experiment_id: str
     parent_id: str
+    plan: str
     done_before: set[str]
     adopted: int = 0
     recovered: int = 0
-    enqueued: int = 0
-    cancelled: int = 0
     survey: Survey | None = None
     """What the plan found recorded (done, stale, copies): the line ``--dry-run`` predicts."""
 
@@ -93,48 +86,49 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
         A :class:`Prepared` with the ids and counts.
 
     Raises:
-        TrackingError: the tracking store cannot be used.
+        TrackingError: the tracking store or the queue cannot be used.
         StaleRunsError: runs trained by other code were found and ``stale`` is ``STOP``.
     """
-    experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
-    found = survey(tracking, spec.name, runs, stale)  # what --dry-run predicted
-    found.check(spec.name)
-    supersede(tracking, found)
-    done = found.kept
-    wanted = {run.config_hash: (run.arm, run.name) for run in runs if run.config_hash not in done}
-    code = None if stale == Stale.REUSE else code_fingerprint()
-    adopted = tracking.adopt_finished(experiment_id, parent_id, spec.name, wanted, code) if wanted else 0
-    if adopted:
-        done = set(tracking.finished_hashes(experiment_id))
+    plan = plan_id(run.config_hash for run in runs)
+    with queue.lock():  # one coordinator at a time copies results and fills the queue
+        experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
+        found = survey(tracking, spec.name, runs, stale)  # what --dry-run predicted
+        found.check(spec.name)
+        supersede(tracking, found)
+        done = set(found.kept)
+        wanted = {run.config_hash: (run.arm, run.name) for run in runs if run.config_hash not in done}
+        code = None if stale == Stale.REUSE else code_fingerprint()
+        adopted = tracking.retry(lambda: tracking.adopt_finished(experiment_id, parent_id, spec.name, dict(wanted),
+                                                                 code)) if wanted else 0
+        if adopted:
+            done = set(tracking.retry(lambda: tracking.finished_hashes(experiment_id)))
     recovered = recover_lost(queue, tracking)
     kill_orphan_runs(tracking, queue, experiment_id, "left RUNNING by a worker that is gone")
     todo = [run for run in runs if run.config_hash not in done]
-    enqueued, cancelled = queue.enqueue(jobs_for(spec, todo, experiment_id, parent_id), cancel_others=True)
-    return Prepared(experiment_id, parent_id, done & {run.config_hash for run in runs},
-                    adopted, recovered, enqueued, cancelled, found)
+    queue.enqueue(jobs_for(spec, todo, experiment_id, parent_id), plan=plan)
+    return Prepared(experiment_id, parent_id, plan, done & {run.config_hash for run in runs}, adopted, recovered,
+                    found)
 
 
 def worker_process(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking,
-                   nproc_per_node: int = 1) -> tuple[list[str], dict[str, str]]:
+                   nproc_per_node: int = 1, plan: str | None = None) -> tuple[list[str], dict[str, str]]:
     """Command line and environment of local worker ``index``. The storage URL and tracking
     URI travel in the environment (``$NFSTUDY_STORAGE``, ``$MLFLOW_TRACKING_URI``): a
     password in them would be readable by every user in ``ps``'s command lines, while a
     process's environment is readable by its owner only."""
     command = [sys.executable, "-m", "study", "worker", "--study", queue.study,
-               "--parent-pid", str(os.getpid()), "--nproc-per-node", str(nproc_per_node)]
+               "--parent-pid", str(os.getpid()), "--nproc-per-node", str(nproc_per_node),
+               *(["--plan", plan] if plan else [])]
     env = {**worker_env(index, workers, gpus, nproc_per_node),
            "NFSTUDY_STORAGE": queue.url, "MLFLOW_TRACKING_URI": tracking.uri}
     return command, env
 
 
-def _spawn(index: int, workers: int, gpus: list[str], queue: RunQueue, tracking: Tracking, log: Path,
-           nproc_per_node: int = 1) -> subprocess.Popen:
-    command, env = worker_process(index, workers, gpus, queue, tracking, nproc_per_node)
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         # Same process group: a terminal's Ctrl-C reaches the workers too.
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def _deliberate(returncode: int) -> bool:
@@ -143,25 +137,32 @@ def _deliberate(returncode: int) -> bool:
 
 
 class _Watcher:
-    """Turns the queue's trials into progress and per-run events (for subprocess workers)."""
+    """Turns the queue's finished trials into progress and per-run events. Polls only the
+    ids of finished trials and reads each new one once, so a poll costs little however
+    many trials the queue holds."""
 
     def __init__(self, queue: RunQueue, plan: set[str], done_before: set[str]):
         self.queue, self.plan, self.done = queue, plan, set(done_before)
-        self._reported: set[int] = set()
+        self._seen: set[int] = set()
 
     def poll(self, on_event: RunEvent | None) -> int:
-        for trial in self.queue.trials([TrialState.COMPLETE, TrialState.FAIL]):
-            if trial._trial_id in self._reported or trial.user_attrs.get("config_hash") not in self.plan:
+        for trial_id in sorted(self.queue.finished_ids() - self._seen):
+            self._seen.add(trial_id)
+            trial = self.queue.trial(trial_id)
+            if trial.user_attrs.get("config_hash") not in self.plan:
                 continue
-            self._reported.add(trial._trial_id)
             job = Job.from_trial(trial)
             if trial.state == TrialState.COMPLETE:
                 self.done.add(job.config_hash)
                 if on_event and "outcome" in trial.user_attrs:
                     on_event("finished", job, {"outcome": trial.user_attrs["outcome"], "val/top1": trial.value})
-            elif on_event and not trial.user_attrs.get("error", "").startswith(_NOT_A_FAILURE):
+            elif on_event and trial.user_attrs.get(ENDED_ATTR) == EndKind.FAILED.value:
                 on_event("failed", job, {"error": trial.user_attrs.get("error", "")})
         return len(self.done & self.plan)
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def execute(
@@ -194,16 +195,14 @@ def execute(
         stale: what to do with FINISHED runs trained by other code (:mod:`study.run.run_cache`).
 
     Returns:
-        A :class:`Summary`, read back from MLflow at the end.
+        A :class:`Summary`, read back from MLflow at the end (``interrupted`` after Ctrl-C
+        or SIGTERM, once every local worker has closed its run).
 
     Raises:
-        KeyboardInterrupt: after Ctrl-C, once every local worker has closed its run.
         TrackingError: the tracking store or the queue storage cannot be used.
         StaleRunsError: stale runs were found and ``stale`` is ``STOP``.
     """
     if workers < 1:
-        from study.errors import ConfigError
-
         raise ConfigError(f"--workers {workers}: must be at least 1")
     check_placement(workers, nproc_per_node, {run.config.train.device for run in runs}, visible_gpus())
     queue = RunQueue(spec.name, storage, create=True)
@@ -212,9 +211,9 @@ def execute(
         on_prepared(prepared)
     plan = {run.config_hash for run in runs}
     watcher = _Watcher(queue, plan, prepared.done_before)
-    restarts = 0
     if on_progress:
         on_progress(len(prepared.done_before), len(plan))
+    interrupted = False
     if prepared.done_before != plan:
         if workers == 1:
             def forward(event: str, job: Job, result: dict[str, Any] | None) -> None:
@@ -225,17 +224,35 @@ def execute(
                 if on_event:
                     on_event(event, job, result)
 
-            run_worker(queue, tracking, on_event=forward, on_epoch=on_epoch, nproc_per_node=nproc_per_node)
+            interrupted = run_worker(queue, tracking, hashes=plan, on_event=forward, on_epoch=on_epoch,
+                                     nproc_per_node=nproc_per_node).interrupted
         else:
-            restarts = _run_local_workers(queue, tracking, workers, watcher, on_progress, on_event, nproc_per_node)
-    return _summarise(tracking, prepared, runs, queue, restarts)
+            interrupted = run_local_workers(queue, tracking, workers, nproc_per_node, plan=prepared.plan,
+                                            watcher=watcher, on_progress=on_progress, on_event=on_event)
+    summary = _summarise(tracking, prepared, runs, queue)
+    summary.interrupted = interrupted
+    return summary
 
 
-def _run_local_workers(queue: RunQueue, tracking: Tracking, workers: int, watcher: _Watcher,
-                       on_progress, on_event, nproc_per_node: int = 1) -> int:
-    gpus = visible_gpus()
-    logs = paths.confined("logs", queue.study)
-    procs = {i: _spawn(i, workers, gpus, queue, tracking, logs / f"worker-{i}.log", nproc_per_node) for i in range(workers)}
+def run_local_workers(queue: RunQueue, tracking: Tracking, workers: int, nproc_per_node: int = 1, *,
+                      plan: str | None = None, watcher: _Watcher | None = None,
+                      on_progress: Callable[[int, int], None] | None = None,
+                      on_event: RunEvent | None = None) -> bool:
+    """Run ``workers`` ``nfstudy worker`` processes on this machine until the queue (or the
+    ``plan``) is done; restart those that die; recover their runs. SIGTERM stops like Ctrl-C.
+
+    Returns:
+        Whether it was interrupted (each worker closed its run and put its config back).
+    """
+    gpus, logs = visible_gpus(), paths.confined("logs", queue.study)
+    hashes = queue.plan_hashes(plan) if plan else None
+
+    def spawn(index: int) -> subprocess.Popen:
+        command, env = worker_process(index, workers, gpus, queue, tracking, nproc_per_node, plan)
+        return _spawn(command, env, logs / f"worker-{index}.log")
+
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    procs = {i: spawn(i) for i in range(workers)}
     restarts, max_restarts, shown = 0, 2 * workers + 2, -1
     try:
         while procs:
@@ -247,21 +264,28 @@ def _run_local_workers(queue: RunQueue, tracking: Tracking, workers: int, watche
                 if _deliberate(returncode):
                     continue
                 recover_lost(queue, tracking)
-                if restarts < max_restarts and queue.trials([TrialState.WAITING, TrialState.RUNNING]):
+                active = [t for t in queue.trials([TrialState.WAITING, TrialState.RUNNING])
+                          if hashes is None or t.user_attrs.get("config_hash") in hashes]
+                if restarts < max_restarts and active:
                     restarts += 1
-                    procs[index] = _spawn(index, workers, gpus, queue, tracking, logs / f"worker-{index}.log", nproc_per_node)
+                    procs[index] = spawn(index)
             recover_lost(queue, tracking)
-            finished = watcher.poll(on_event)
-            if on_progress and finished != shown:
-                shown = finished
-                on_progress(finished, len(watcher.plan))
+            if watcher is not None:
+                finished = watcher.poll(on_event)
+                if on_progress and finished != shown:
+                    shown = finished
+                    on_progress(finished, len(watcher.plan))
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         _stop(procs.values())
-        recover_lost(queue, tracking)
-        raise
-    watcher.poll(on_event)
-    return restarts
+        with contextlib.suppress(Exception):
+            recover_lost(queue, tracking)
+        return True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if watcher is not None:
+        watcher.poll(on_event)
+    return False
 
 
 def _stop(procs) -> None:
@@ -269,10 +293,8 @@ def _stop(procs) -> None:
     ignores the second), wait for them to close their runs, then kill the stragglers."""
     procs = [p for p in procs if p.poll() is None]
     for proc in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGINT)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for proc in procs:
         try:
@@ -282,11 +304,15 @@ def _stop(procs) -> None:
             proc.wait()
 
 
-def _summarise(tracking: Tracking, prepared: Prepared, runs: list[PlannedRun], queue: RunQueue,
-               restarts: int) -> Summary:
+def _summarise(tracking: Tracking, prepared: Prepared, runs: list[PlannedRun], queue: RunQueue) -> Summary:
     plan = {run.config_hash: run for run in runs}
-    summary = Summary(total=len(plan), done_before=len(prepared.done_before), restarts=restarts)
+    summary = Summary(total=len(plan), done_before=len(prepared.done_before))
     outcome = tracking.finished_outcomes(prepared.experiment_id)  # MLflow, or the spool while offline
+    # A worker whose tracking server was away holds its results in its own spool until the
+    # server answers again; the queue heard of them already.
+    for trial in queue.trials([TrialState.COMPLETE]):
+        if "outcome" in trial.user_attrs and trial.user_attrs.get("experiment_id") == prepared.experiment_id:
+            outcome.setdefault(trial.user_attrs.get("config_hash"), trial.user_attrs["outcome"])
     for config_hash in plan.keys() - prepared.done_before:
         if config_hash not in outcome:
             continue

@@ -1,76 +1,67 @@
-"""The run queue: an Optuna study in Optuna storage, one trial per config to train.
+"""The run queue: one Optuna study per study (``nfstudy-queue:<study>``), one trial per
+config to train; the README's "Many workers and machines" says how it is used.
 
-README "Many workers and machines": there is no scheduler of our own. A study's queue is the Optuna
-study ``nfstudy-queue:<study>``; each config to train is a WAITING trial whose user attrs
-carry everything a worker needs (the flat config, its hash, arm, run name, grid point and
-the MLflow experiment and parent ids), so a worker on another machine needs no study file.
-
-- **Pop.** A worker claims a WAITING trial with ``set_trial_state_values(RUNNING)``, which
-  the storage makes atomic (a row lock on PostgreSQL; on a journal, the first RUNNING
-  record in the log wins) and which returns ``False`` to every other claimant. Workers
-  never call ``study.ask()``: an empty queue means no work, never a sampled point.
-- **Enqueue.** Only configs with no WAITING or RUNNING trial are added, inside a lock, so
-  several coordinators (or a coordinator and a worker re-queueing a lost run) never put
-  the same config in twice: a transaction-level advisory lock on PostgreSQL, an ``fcntl``
-  lock file beside a journal or SQLite file. ``enqueue_trial(skip_if_exists=True)`` is not
-  used because it checks and inserts without a lock.
-- **Liveness.** A RUNNING trial records its owner (host, boot, pid namespace, pid) and a
-  heartbeat every :data:`HEARTBEAT_S` seconds. It is lost when its owner runs on this
-  host and the process is gone (found at once), or when its heartbeat has not changed for
-  :data:`STALE_AFTER_S` seconds of the observer's own clock (no clocks are compared across
-  machines; an observer that just started waits that long).
-
-Storage: ``--storage`` / ``$NFSTUDY_STORAGE``: ``postgresql://…`` (Optuna RDB storage, for
-many machines), ``sqlite:///…``, or a file path (Optuna journal). The default is the
-journal file ``$NFSTUDY_HOME/queue.journal``: it takes many local writer processes
-(appends under a lock), where SQLite's single writer lock makes busy workers fail with
-"database is locked". Its lock is an ``fcntl`` lock, which the kernel releases when its
-holder dies, so ``kill -9`` never leaves a stale lock behind (Optuna's own lock files wait
-30 s for that). Journal files must not live on NFS (``fcntl`` locks are unreliable there).
-
-Limits: exactly once holds for the queue; the MLflow side is checked by the worker before
-it trains and again before it records a result (:mod:`study.run.worker`). A worker whose
-heartbeat stalls for :data:`STALE_AFTER_S` while it is alive (a frozen machine) is taken
-for dead and its config is re-queued; if it then wakes up, it finds the result recorded
-and closes its own run as KILLED, unless both finish within the same few milliseconds.
+A WAITING trial's user attrs carry everything a worker needs (:class:`Job`), so a worker on
+another machine needs no study file. Workers claim a trial with
+``set_trial_state_values(RUNNING)`` (atomic in every Optuna storage; it returns ``False``
+to the losers) and never call ``study.ask()``. Enqueueing checks and inserts under one lock
+(a PostgreSQL advisory lock, or an ``fcntl`` lock beside a file), so a config is never in
+the queue twice. Each coordinator's plan (its configs) is recorded on the queue, so its
+workers train that plan, and two plans of one study (other ``--preset``/``--set``) share
+the queue without disturbing each other. Liveness: :mod:`study.run.liveness`. Every call
+rides out a storage outage (:mod:`study.record.outage`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
-import socket
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from functools import cache
-from pathlib import Path
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any, TypeVar
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from study import paths
-from study.errors import ConfigError, TrackingError
-from study.record.tags import HEARTBEAT_ATTR, OWNER_ATTR
+from study.errors import TrackingError
+from study.record import optuna_storage, outage
+from study.record.tags import ENDED_ATTR, OWNER_ATTR
+from study.redaction import first_line, redact
+from study.run import liveness
+
+T = TypeVar("T")
 
 QUEUE_PREFIX = "nfstudy-queue:"
-#: Seconds between a running trial's heartbeats (``$NFSTUDY_HEARTBEAT_S`` overrides).
-HEARTBEAT_S = float(os.environ.get("NFSTUDY_HEARTBEAT_S", "10"))
-#: A heartbeat unchanged this long (observer's clock) marks its trial lost.
-STALE_AFTER_S = 6 * HEARTBEAT_S
 #: A lost run is re-queued automatically this many times in all; then it waits for the
 #: next ``nfstudy run`` (a config that kills its worker every time must not loop forever).
 MAX_ATTEMPTS = 3
+#: Seconds a coordinator waits for another one's lock (PostgreSQL) before giving up.
+LOCK_WAIT_S = 600
 _ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
+#: Job fields that say where a run is recorded: a WAITING trial whose fields differ from
+#: a new plan's (the tracking store changed) is replaced.
+_WHERE = ("experiment_id", "parent_id", "study", "arm", "run_name")
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+class EndKind(str, Enum):
+    """Why a queue trial is FAIL (its user attr ``ended``; ``error`` says it in words).
+    Only :attr:`FAILED` is a failure of the config: the others were put back in the queue."""
+
+    FAILED = "failed"
+    """The run raised: recorded FAILED, retried by the next ``nfstudy run``."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C or SIGTERM: the run was closed KILLED and the config queued again."""
+    LOST = "lost"
+    """Its worker died: another process closed the run KILLED and queued the config again."""
+    SUPERSEDED = "superseded"
+    """Queued again by a newer plan that records elsewhere (another tracking store)."""
 
 
 @dataclass(frozen=True)
@@ -102,15 +93,10 @@ class Claim:
     job: Job
 
 
-@dataclass
-class _Observed:
-    beat: Any
-    since: float = field(default_factory=time.monotonic)
-
-
 def storage_url(explicit: str | None = None) -> str:
     """The queue's storage: ``explicit``, else ``$NFSTUDY_STORAGE``, else the journal file
-    ``$NFSTUDY_HOME/queue.journal``."""
+    ``$NFSTUDY_HOME/queue.journal`` (many local writers; SQLite's one writer lock would
+    make busy workers fail with "database is locked")."""
     if explicit:
         return explicit
     if os.environ.get("NFSTUDY_STORAGE"):
@@ -118,107 +104,9 @@ def storage_url(explicit: str | None = None) -> str:
     return str(paths.home() / "queue.journal")
 
 
-def _kind(url: str) -> str:
-    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
-        return "postgresql"
-    if scheme == "sqlite":
-        return "sqlite"
-    if scheme in ("", "file"):
-        return "journal"
-    raise ConfigError(f"--storage '{url}': unsupported; allowed: postgresql://USER@HOST:PORT/DB, "
-                      "sqlite:///PATH, or the path of a journal file")
-
-
-def _journal_path(url: str) -> Path:
-    return Path(url.removeprefix("file://")).expanduser().resolve()
-
-
-class FlockLock:
-    """An ``fcntl.flock`` lock on ``path``: blocking, and released by the kernel when the
-    holder dies (Optuna's lock files are not, and stall others after a ``kill -9``). Has the
-    ``acquire``/``release`` interface of Optuna's journal file locks."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing drops the flock
-
-
-def open_storage(url: str, *, create: bool) -> BaseStorage:
-    """Open (``create=True``: and initialise) the Optuna storage at ``url``.
-
-    Raises:
-        ConfigError: an unsupported URL.
-        TrackingError: the storage cannot be reached, or (``create=False``) does not exist.
-    """
-    kind = _kind(url)
-    if kind == "journal":
-        path = _journal_path(url)
-        if not create and not path.is_file():
-            raise TrackingError(f"--storage '{url}': no queue journal there; start `nfstudy run` first")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(path.with_name(path.name + ".lock"))))
-    if kind == "sqlite":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(3):
-        try:
-            # Workers never create the schema (concurrent creation races): the coordinator does.
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, skip_table_creation=not create)
-        except Exception as err:  # SQLAlchemy raises many types for an unusable database
-            # Another process creating the same tables at this moment makes PostgreSQL (or
-            # SQLite) answer with a unique violation; once it is done, a retry finds them.
-            if create and attempt < 2 and ("UniqueViolation" in str(err) or "IntegrityError" in str(err)):
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            raise TrackingError(f"--storage '{_redact(url)}' is not usable: {_first_line(err)}") from None
-    raise AssertionError("unreachable")
-
-
-@cache
-def host_id() -> str:
-    """This host, boot and pid namespace: where a pid means the same process."""
-    parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    with contextlib.suppress(OSError):
-        parts.append(os.readlink("/proc/self/ns/pid"))
-    return "/".join(parts)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def owner_record() -> dict[str, Any]:
-    """This process as the owner of a trial: host (with boot and pid namespace), pid, name."""
-    return {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname()}
-
-
-def owner_gone(owner: dict[str, Any] | None) -> bool:
-    """Whether ``owner`` (an :func:`owner_record`) is another process of this host that no
-    longer runs; ``False`` for owners on other hosts (only a heartbeat can tell those)."""
-    return bool(owner) and owner["host"] == host_id() and owner["pid"] != os.getpid() \
-        and not process_alive(owner["pid"])
+def plan_id(config_hashes: Iterable[str]) -> str:
+    """A plan's name on the queue: a digest of its config hashes."""
+    return hashlib.sha256(",".join(sorted(set(config_hashes))).encode()).hexdigest()[:12]
 
 
 class RunQueue:
@@ -232,8 +120,8 @@ class RunQueue:
 
     Example::
 
-        queue = RunQueue("clip-threshold", "postgresql://nfstudy@db-host/nfstudy", create=True)
-        queue.enqueue(jobs)                 # coordinator
+        queue = RunQueue("clip-threshold", "postgresql://nfstudy@db-host:5432/nfstudy", create=True)
+        queue.enqueue(jobs, plan=plan_id(j.config_hash for j in jobs))   # coordinator
         claim = queue.pop()                 # worker: None when nothing is WAITING
     """
 
@@ -241,166 +129,234 @@ class RunQueue:
         self.study = study
         self.url = storage_url(storage)
         self.name = QUEUE_PREFIX + study
-        self.storage = open_storage(self.url, create=create)
+        self._what = f"--storage '{redact(self.url)}'"
+        self.storage = self._retry(lambda: optuna_storage.open_storage(self.url, create=create))
+        self._liveness = liveness.Liveness()
         try:
-            self.study_id = self.storage.get_study_id_from_name(self.name)
+            self.study_id = self._retry(lambda: self.storage.get_study_id_from_name(self.name))
         except KeyError:
             if not create:
-                raise TrackingError(
-                    f"--study '{study}': no queue in storage '{_redact(self.url)}'; "
-                    f"start `nfstudy run {study} --storage URL` first") from None
-            with self.lock():
-                try:
-                    self.study_id = self.storage.get_study_id_from_name(self.name)
-                except KeyError:
-                    self.study_id = self.storage.create_new_study([StudyDirection.MAXIMIZE], self.name)
-        except Exception as err:  # noqa: BLE001 - an RDB without our tables, a dead server
-            raise TrackingError(f"--storage '{_redact(self.url)}' is not usable: {_first_line(err)}") from None
-        self._observed: dict[int, _Observed] = {}
+                raise TrackingError(f"--study '{study}': no queue in storage '{redact(self.url)}'; "
+                                    f"start `nfstudy run {study} --storage URL` first") from None
+            self.study_id = self._retry(self._create)
+        except TrackingError:
+            raise
+        except Exception as err:  # noqa: BLE001 - an RDB without our tables
+            raise TrackingError(f"{self._what} is not usable: {first_line(err)}") from None
+        self.uid = self._retry(lambda: self.storage.get_study_user_attrs(self.study_id)).get("uid", "")
+
+    def _create(self) -> int:
+        with self.lock():
+            try:
+                return self.storage.get_study_id_from_name(self.name)
+            except KeyError:
+                study_id = self.storage.create_new_study([StudyDirection.MAXIMIZE], self.name)
+                # Tells this queue's runs in MLflow from those of a namesake queue elsewhere.
+                self.storage.set_study_user_attr(study_id, "uid", uuid.uuid4().hex[:12])
+                return study_id
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        return outage.retry(call, self._what)
+
+    def tag(self, trial_id: int) -> str:
+        """The ``nfstudy.queue_trial`` tag of a run owned by ``trial_id`` (names this queue
+        and its storage, so queues of one study in two storages never touch each other's runs)."""
+        return f"{self.name}@{self.uid}#{trial_id}"
+
+    def owns(self, tag: str | None) -> bool:
+        """Whether a run's ``nfstudy.queue_trial`` tag names a trial of this queue."""
+        return bool(tag) and tag.startswith(f"{self.name}@{self.uid}#")
 
     # -- reading -------------------------------------------------------------------------
 
     def trials(self, states: Iterable[TrialState] | None = None) -> list[FrozenTrial]:
         """The queue's trials (all, or those in ``states``), oldest first."""
-        return self.storage.get_all_trials(self.study_id, deepcopy=False,
-                                           states=tuple(states) if states is not None else None)
+        wanted = tuple(states) if states is not None else None
+        return self._retry(lambda: self.storage.get_all_trials(self.study_id, deepcopy=False, states=wanted))
 
-    def active_hashes(self) -> set[str]:
-        """Config hashes with a WAITING or RUNNING trial."""
-        return {t.user_attrs.get("config_hash") for t in self.trials(_ACTIVE)}
+    def finished_ids(self) -> set[int]:
+        """Ids of the COMPLETE and FAIL trials (without their attrs: cheap to poll)."""
+        if not isinstance(self.storage, RDBStorage):
+            return {t._trial_id for t in self.trials([TrialState.COMPLETE, TrialState.FAIL])}
+        import sqlalchemy
+
+        query = sqlalchemy.text("SELECT trial_id FROM trials WHERE study_id = :study "
+                                "AND state IN ('COMPLETE', 'FAIL')")
+
+        def read() -> set[int]:
+            with self.storage.engine.connect() as connection:  # type: ignore[attr-defined]
+                return {row[0] for row in connection.execute(query, {"study": self.study_id})}
+
+        return self._retry(read)
+
+    def trial(self, trial_id: int) -> FrozenTrial:
+        return self._retry(lambda: self.storage.get_trial(trial_id))
+
+    def plan_hashes(self, plan: str) -> set[str]:
+        """The config hashes of ``plan`` (as :meth:`enqueue` recorded them)."""
+        attrs = self._retry(lambda: self.storage.get_study_user_attrs(self.study_id))
+        return set(attrs.get(f"plan:{plan}", []))
 
     # -- coordinator -----------------------------------------------------------------------
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive among every process using this storage, for check-then-enqueue.
+        """Exclusive among every process using this storage for this study.
 
         PostgreSQL: ``pg_advisory_xact_lock`` in a transaction held open for the block (the
-        server drops it if this process dies). Journal / SQLite: ``flock`` on a file beside
-        the storage file (the kernel drops it if this process dies).
-        """
-        kind = _kind(self.url)
-        if kind == "postgresql":
-            import sqlalchemy
+        server drops it if this process dies), waiting at most :data:`LOCK_WAIT_S`. Journal /
+        SQLite: ``flock`` on a file beside the storage file (the kernel drops it likewise).
 
-            key = int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True)
-            engine = self.storage.engine  # type: ignore[attr-defined]
-            with engine.connect() as connection, connection.begin():
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        Raises:
+            TrackingError: another process held the lock for :data:`LOCK_WAIT_S`.
+        """
+        path = optuna_storage.local_file(self.url)
+        if path is not None:
+            with optuna_storage.lock_beside(path, "enqueue").held():
                 yield
             return
-        path = _journal_path(self.url) if kind == "journal" else Path(self.url.removeprefix("sqlite:///"))
-        flock = FlockLock(path.with_name(path.name + ".enqueue.lock"))
-        flock.acquire()
-        try:
-            yield
-        finally:
-            flock.release()
+        import sqlalchemy
 
-    def enqueue(self, jobs: Iterable[Job], *, cancel_others: bool = False) -> tuple[int, int]:
-        """Add a WAITING trial for each job whose config has no WAITING or RUNNING trial.
+        key = int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "big", signed=True)
+        engine = self.storage.engine  # type: ignore[attr-defined]
+        with engine.connect() as connection, connection.begin():
+            connection.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = {LOCK_WAIT_S * 1000}"))
+            connection.execute(sqlalchemy.text(f"SET LOCAL statement_timeout = {LOCK_WAIT_S * 1000 + 5000}"))
+            try:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            except sqlalchemy.exc.OperationalError as err:
+                if "lock timeout" not in str(err):
+                    raise
+                raise TrackingError(f"{self._what}: another `nfstudy run` of '{self.study}' held the queue "
+                                    f"lock for {LOCK_WAIT_S} s; try again when it has started") from None
+            yield
+
+    def enqueue(self, jobs: Iterable[Job], *, plan: str | None = None) -> int:
+        """Add a WAITING trial for each job whose config has no WAITING or RUNNING trial;
+        replace a WAITING trial that says to record elsewhere (another tracking store).
 
         Args:
             jobs: what should be trained.
-            cancel_others: also fail the WAITING trials of configs not in ``jobs`` (left by
-                an earlier plan of the study, e.g. another preset), so workers skip them.
+            plan: record the jobs' config hashes as this plan (:func:`plan_id`).
 
         Returns:
-            ``(enqueued, cancelled)``.
+            How many trials were added.
         """
         jobs = list(jobs)
-        wanted = {job.config_hash for job in jobs}
-        added = cancelled = 0
-        with self.lock():
-            busy: set[str] = set()
-            for trial in self.trials(_ACTIVE):
-                config_hash = trial.user_attrs.get("config_hash")
-                if cancel_others and trial.state == TrialState.WAITING and config_hash not in wanted:
-                    self.storage.set_trial_user_attr(trial._trial_id, "error", "cancelled: not in the study's plan")
-                    cancelled += self.fail(trial._trial_id)
-                else:
-                    busy.add(config_hash)
-            for job in jobs:
-                if job.config_hash in busy:
-                    continue
-                busy.add(job.config_hash)
-                template = optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=asdict(job))
-                self.storage.create_new_trial(self.study_id, template_trial=template)
-                added += 1
-        return added, cancelled
 
-    # -- worker ------------------------------------------------------------------------------
+        def locked() -> int:
+            with self.lock():
+                if plan is not None:
+                    self.storage.set_study_user_attr(self.study_id, f"plan:{plan}",
+                                                     sorted({job.config_hash for job in jobs}))
+                return self._enqueue_locked(jobs)
 
-    def pop(self) -> Claim | None:
-        """Claim the oldest WAITING trial; ``None`` when nothing is WAITING."""
-        for trial in self.trials([TrialState.WAITING]):
-            try:
-                claimed = self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
-            except UpdateFinishedTrialError:  # cancelled or failed meanwhile
+        return self._retry(locked)
+
+    def _enqueue_locked(self, jobs: list[Job], replacing: int | None = None) -> int:
+        wanted = {job.config_hash: job for job in jobs}
+        busy: set[str] = set()
+        for trial in self.storage.get_all_trials(self.study_id, deepcopy=False, states=_ACTIVE):
+            config_hash = trial.user_attrs.get("config_hash")
+            job = wanted.get(config_hash)
+            if trial._trial_id == replacing:
                 continue
-            if claimed:
-                self.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
-                return Claim(trial._trial_id, trial.number, Job.from_trial(trial))
-        return None
+            if trial.state == TrialState.WAITING and job is not None \
+                    and any(trial.user_attrs.get(k) != getattr(job, k) for k in _WHERE):
+                self._finish_with(trial._trial_id, EndKind.SUPERSEDED, "queued again to be recorded elsewhere")
+                continue
+            busy.add(config_hash)
+        added = 0
+        for job in jobs:
+            if job.config_hash in busy:
+                continue
+            busy.add(job.config_hash)
+            template = optuna.trial.create_trial(state=TrialState.WAITING, user_attrs=asdict(job))
+            self.storage.create_new_trial(self.study_id, template_trial=template)
+            added += 1
+        return added
 
-    def beat(self, trial_id: int) -> None:
-        """Record that the owner of ``trial_id`` is alive (a no-op once it is finished)."""
-        with contextlib.suppress(UpdateFinishedTrialError):
-            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-
-    def set_attr(self, trial_id: int, key: str, value: Any) -> None:
-        """A user attr on a trial (e.g. its MLflow run id, outcome or error)."""
-        with contextlib.suppress(UpdateFinishedTrialError):
-            self.storage.set_trial_user_attr(trial_id, key, value)
-
-    def complete(self, trial_id: int, value: float | None) -> bool:
-        """Mark a claimed trial COMPLETE (after its MLflow run is FINISHED)."""
+    def _finish_with(self, trial_id: int, kind: EndKind, error: str) -> bool:
+        """Record why (while the trial can still take attrs), then FAIL it."""
         try:
-            return self.storage.set_trial_state_values(
-                trial_id, TrialState.COMPLETE, None if value is None else [value])
-        except UpdateFinishedTrialError:
-            return False
-
-    def fail(self, trial_id: int) -> bool:
-        """Mark a trial FAIL; ``False`` when it was finished already (someone else did)."""
-        try:
+            self.storage.set_trial_user_attr(trial_id, ENDED_ATTR, kind.value)
+            self.storage.set_trial_user_attr(trial_id, "error", error)
             return self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             return False
 
-    def is_running(self, trial_id: int) -> bool:
-        return self.storage.get_trial(trial_id).state == TrialState.RUNNING
+    # -- worker ------------------------------------------------------------------------------
+
+    def pop(self, hashes: set[str] | None = None) -> Claim | None:
+        """Claim the oldest WAITING trial (of a config in ``hashes``, when given); ``None``
+        when there is none. Its heartbeat is recorded before the claim and its owner right
+        after, so it is never RUNNING without a heartbeat."""
+        for trial in self.trials([TrialState.WAITING]):
+            if hashes is not None and trial.user_attrs.get("config_hash") not in hashes:
+                continue
+            claimed = self._retry(lambda: self._claim(trial._trial_id))
+            if claimed:
+                return Claim(trial._trial_id, trial.number, Job.from_trial(trial))
+        return None
+
+    def _claim(self, trial_id: int) -> bool:
+        try:
+            liveness.beat(self.storage, trial_id)
+            if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return False
+        except UpdateFinishedTrialError:  # cancelled or failed meanwhile
+            return False
+        self.storage.set_trial_system_attr(trial_id, OWNER_ATTR, liveness.owner_record())
+        return True
+
+    def beat(self, trial_id: int) -> None:
+        """Record that the owner of ``trial_id`` is alive (one try: the next beat retries)."""
+        liveness.beat(self.storage, trial_id)
+
+    def set_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """A user attr on a trial (e.g. its MLflow run id, outcome or error)."""
+        def call() -> None:
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self.storage.set_trial_user_attr(trial_id, key, value)
+
+        self._retry(call)
+
+    def complete(self, trial_id: int, value: float | None, outcome: str | None = None) -> bool:
+        """Mark a claimed trial COMPLETE (after its MLflow run is FINISHED)."""
+        def call() -> bool:
+            try:
+                if outcome is not None:
+                    self.storage.set_trial_user_attr(trial_id, "outcome", outcome)
+                return self.storage.set_trial_state_values(
+                    trial_id, TrialState.COMPLETE, None if value is None else [value])
+            except UpdateFinishedTrialError:
+                return False
+
+        return self._retry(call)
+
+    def fail(self, trial_id: int, kind: EndKind, error: str) -> bool:
+        """Mark a trial FAIL, saying why; ``False`` when it was finished already."""
+        return self._retry(lambda: self._finish_with(trial_id, kind, error))
+
+    def requeue(self, trial_id: int, kind: EndKind, error: str, successor: Job | None) -> bool:
+        """Put ``successor`` in the queue, then fail trial ``trial_id`` (one step, under the
+        lock): a process killed in between leaves the config WAITING, never lost.
+
+        Returns:
+            ``False`` when the trial was finished already (someone else recovered it).
+        """
+        def locked() -> bool:
+            with self.lock():
+                if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
+                    return False
+                if successor is not None:
+                    self._enqueue_locked([successor], replacing=trial_id)
+                return self._finish_with(trial_id, kind, error)
+
+        return self._retry(locked)
 
     # -- liveness ------------------------------------------------------------------------------
 
     def lost(self) -> list[FrozenTrial]:
-        """RUNNING trials whose owner is gone (see the module docstring)."""
-        lost, now, running = [], time.monotonic(), self.trials([TrialState.RUNNING])
-        for trial in running:
-            owner = trial.system_attrs.get(OWNER_ATTR)
-            if owner_gone(owner):
-                lost.append(trial)
-                continue
-            beat = (trial.system_attrs.get(HEARTBEAT_ATTR), owner and owner.get("pid"))
-            seen = self._observed.get(trial._trial_id)
-            if seen is None or seen.beat != beat:
-                self._observed[trial._trial_id] = _Observed(beat)
-            elif now - seen.since > STALE_AFTER_S:
-                lost.append(trial)
-        alive = {t._trial_id for t in running}
-        self._observed = {k: v for k, v in self._observed.items() if k in alive}
-        return lost
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:300] if lines else type(err).__name__
-
-
-def _redact(url: str) -> str:
-    """``url`` without a password."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
-    return url
+        """RUNNING trials whose owner is gone (:mod:`study.run.liveness`)."""
+        return self._retry(lambda: self._liveness.lost(self.storage, self.trials([TrialState.RUNNING])))

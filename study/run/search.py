@@ -1,59 +1,30 @@
-"""Optuna search over a study's ``search:`` space (``nfstudy search``), with pruning,
-resumable storage and one MLflow child run per trial.
+"""``nfstudy search``: an Optuna search over a study's ``search:`` space, with pruning,
+resumable storage and one MLflow child run per trial; the README's "Searching λ with
+Optuna" says what a user sees.
 
-A trial suggests values for the searched keys, builds its RunConfig from the study's
-base preset → ``fixed`` → suggested values → ``--set`` (a ``--set`` key is pinned and
-leaves the space), trains the study's first seed, and is scored on the search metric.
-
-Decisions (README, "Searching λ with Optuna"):
-
-- **Optuna study name** ``nfstudy-search:<study>:<hash>``: the hash covers the searched
-  space, the metric, the direction and the resolved fixed config, so a changed space or
-  ``--set data.batch_size=4096`` opens a new study and never mixes with an old one, and
-  running the same command again adds trials to the same study. The prefix keeps searches
-  apart from other Optuna studies in the same storage (the run queue).
-- **Storage**: :func:`study.paths.optuna_storage` (SQLite under ``$NFSTUDY_HOME``), or any
-  Optuna RDB URL (``postgresql://…`` for many machines), or a journal file path.
-- **Pruned trial**: Optuna ``PRUNED``; its MLflow child run is ``KILLED`` (stopped on
-  purpose before its budget: not a result, ``analysis.runs.results`` never counts it)
-  with tag ``nfstudy.outcome=pruned`` and ``nfstudy.pruned_at_epoch``.
-- **Diverged trial** (the loss became NaN/Inf): a result, as in ``nfstudy run``. The MLflow
-  child is FINISHED with outcome ``diverged``, the trial gets user attr
-  ``outcome=diverged``, and the sampler is told the metric the trainer records for a
-  diverged run: chance accuracy (0.1 on digits) for ``top1``. That is the worst value a
-  trained model scores, so TPE puts the region among its bad trials and samples less
-  there. Failing the trial instead would make TPE ignore it and keep sampling the region
-  that diverges. A metric with no finite value after divergence (a loss) fails the trial.
-- **MLflow bridge** (ours; optuna-integration's callback leaves no parent run): experiment
-  ``search:<study>``, one parent run per Optuna study (run name = the Optuna study name,
-  tag ``nfstudy.optuna_study``; params: the fixed config and the space), one child run per
-  trial (tags ``optuna.trial_number``, ``nfstudy.optuna_study``; the run id is the trial
-  user attr ``mlflow_run_id``). After each invocation the parent gets the best value and
-  parameters as metrics ``best/*`` (step = number of trials) and tag ``nfstudy.best_params``.
-
-- **Lost trials**: every trial records its owner (host, boot, pid namespace, pid) as a
-  system attr. A search process killed with SIGKILL (or out of memory) leaves its trial
-  RUNNING; the next ``nfstudy search`` of the same study on the same host finds the owner
-  gone, marks the trial FAIL (user attr ``outcome=lost``) and its MLflow child KILLED with
-  an ``nfstudy.error`` tag, so reports and the grid count see it as what it is.
-
-Limits: trials run one after another in this process; several ``nfstudy search``
-processes on one RDB storage share the study safely (Optuna's storage does the locking).
-A trial whose process died on *another* machine stays RUNNING until a search on that
-machine runs again (searches keep no heartbeat; the run queue's workers do).
+A trial's config is the study's base preset → ``fixed`` → suggested values → ``--set``; it
+trains the study's first seed. The Optuna study is ``nfstudy-search:<study>:<hash of the
+space, metric, direction and resolved fixed config>``, so the same command adds trials to
+one study and a changed space starts another. A diverged trial tells the sampler the value
+the trainer records (chance accuracy for ``top1``), so TPE learns the region is bad. Each
+trial is created with its owner and beats like a queue trial (:mod:`study.run.liveness`),
+so a trial whose search process died is marked FAIL (``outcome=lost``), its MLflow run
+KILLED, by the next search of that study on any machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
-import traceback
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable
 
 import optuna
+from mlflow.entities import Metric, RunTag
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
@@ -63,13 +34,14 @@ from study.config.run_config import HASH_EXCLUDED_KEYS, make_config
 from study.config.search_space import EPOCH_METRICS, Distribution, SearchSpec
 from study.config.study_file import StudySpec
 from study.errors import ConfigError
+from study.record import optuna_storage
 from study.record.tags import (
     BEST_PARAMS,
     BEST_TRIAL,
+    HEARTBEAT_ATTR,
     LOST,
     N_TRIALS,
     OPTUNA_STUDY,
-    OUTCOME,
     OWNER_ATTR,
     PRUNED,
     PRUNED_AT_EPOCH,
@@ -78,7 +50,8 @@ from study.record.tags import (
     TRIAL_NUMBER,
 )
 from study.record.tracking import ChildRun, Tracking
-from study.run.queue import owner_gone, owner_record
+from study.run import liveness
+from study.run.lifecycle import Heartbeat, run_child
 
 #: Prefix of every Optuna study ``nfstudy search`` creates (other users of the storage
 #: pick other prefixes).
@@ -204,11 +177,7 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
         TrackingError: the storage cannot be opened (one line naming the URL).
         ConfigError: a URL of an unsupported kind.
     """
-    from study.run.queue import open_storage as _open
-
-    # The queue's opener: journal files with a kill-safe lock, RDB schema creation that
-    # survives another process creating the same tables, credentials redacted in errors.
-    return _open(paths.optuna_storage(url), create=True)
+    return optuna_storage.open_storage(paths.optuna_storage(url), create=True)
 
 
 def make_sampler(search: SearchSpec, space: dict[str, Distribution | list[Any]], seed: int) -> optuna.samplers.BaseSampler:
@@ -347,93 +316,120 @@ def run_search(
     return result
 
 
+@dataclass
+class _SearchTrial:
+    """The Optuna side of one search trial (:class:`study.run.lifecycle.TrialSide`)."""
+
+    study: optuna.Study
+    trial: optuna.Trial
+    metric: str
+    record: TrialRecord
+    pruned_at: int = -1
+    report_s: float = 0.0
+    """Storage time of the pruner's per-epoch calls (inside training)."""
+
+    def _timed(self, call: Callable[[], Any]) -> Any:
+        tick = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.record.storage_s += time.perf_counter() - tick
+
+    def interrupted(self) -> None:
+        self._timed(lambda: self.study.tell(self.trial, state=TrialState.FAIL))
+
+    def failed(self, reason: str) -> None:
+        self.trial.set_user_attr("outcome", "failed")
+        self._timed(lambda: self.study.tell(self.trial, state=TrialState.FAIL))
+
+    def pruned(self) -> dict[str, str]:
+        self.trial.set_user_attr("outcome", PRUNED)
+        frozen = self._timed(lambda: self.study.tell(self.trial, state=TrialState.PRUNED))
+        self.record.state, self.record.value, self.record.outcome = "PRUNED", frozen.value, PRUNED
+        return {PRUNED_AT_EPOCH: str(self.pruned_at)}
+
+    def recorded_elsewhere(self) -> bool:
+        return False  # every trial is its own run
+
+    def duplicate(self) -> None:
+        raise AssertionError("a search trial is never a duplicate")
+
+    def finished(self, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        self.record.outcome = str(result["outcome"])
+        self.trial.set_user_attr("outcome", self.record.outcome)
+        self.trial.set_user_attr("test/top1", result.get("test/top1"))
+        if isinstance(value, float) and math.isfinite(value):
+            self._timed(lambda: self.study.tell(self.trial, value))
+            self.record.state, self.record.value = "COMPLETE", value
+        else:  # a diverged run with no finite metric (a loss): tell the sampler nothing
+            self._timed(lambda: self.study.tell(self.trial, state=TrialState.FAIL))
+            self.record.state = "FAIL"
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, but the trial is created with its owner and first heartbeat in one
+    write, so a search killed at any moment never leaves a RUNNING trial nobody can recover."""
+    template = optuna.trial.FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+        params={}, distributions={}, user_attrs={}, intermediate_values={}, trial_id=0,
+        system_attrs={OWNER_ATTR: liveness.owner_record(), HEARTBEAT_ATTR: time.time()})
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    study._thread_local.cached_all_trials = None  # as ask() does: the sampler sees every trial
+    return optuna.Trial(study, trial_id)
+
+
 def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch) -> TrialRecord:
     """Ask, train, tell one trial; record it in MLflow. Failures are recorded, then re-raised."""
     start = time.perf_counter()
-    trial = study.ask()
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner_record())
-    values = suggest(trial, plan.space)
-    storage_s = time.perf_counter() - start
-    config = make_config({**plan.fixed, **values}, where=f"{plan.spec.name} trial {trial.number}")
-    mark = time.perf_counter()
-    child = tracking.start_child(experiment_id, parent_id, plan.spec.name, "", f"trial-{trial.number}",
-                                 config.config_hash(), config.flat())
-    tracking.client.set_tag(child.run_id, TRIAL_NUMBER, str(trial.number))
-    tracking.client.set_tag(child.run_id, OPTUNA_STUDY, plan.study_name)
-    tracking_s = time.perf_counter() - mark
-    mark = time.perf_counter()
-    trial.set_user_attr("mlflow_run_id", child.run_id)
-    trial.set_user_attr("config_hash", config.config_hash())
-    storage_s += time.perf_counter() - mark
-    reporting = {"s": 0.0, "epoch": -1}
+    trial = _ask(study)
+    with Heartbeat(lambda: liveness.beat(study._storage, trial._trial_id)):
+        values = suggest(trial, plan.space)
+        storage_s = time.perf_counter() - start
+        config = make_config({**plan.fixed, **values}, where=f"{plan.spec.name} trial {trial.number}")
+        mark = time.perf_counter()
+        child = tracking.start_child(experiment_id, parent_id, plan.spec.name, "", f"trial-{trial.number}",
+                                     config.config_hash(), config.flat(),
+                                     tags={TRIAL_NUMBER: str(trial.number), OPTUNA_STUDY: plan.study_name})
+        tracking_s = time.perf_counter() - mark
+        mark = time.perf_counter()
+        trial.set_user_attr("mlflow_run_id", child.run_id)
+        trial.set_user_attr("config_hash", config.config_hash())
+        record = TrialRecord(trial.number, "", None, "", values, child.run_id or "",
+                             storage_s=storage_s + time.perf_counter() - mark)
+        side = _SearchTrial(study, trial, plan.metric, record)
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        if on_epoch:
-            on_epoch(epoch, metrics)
-        if plan.metric not in metrics:
-            return
-        tick = time.perf_counter()
-        trial.report(metrics[plan.metric], epoch)
-        prune = trial.should_prune()
-        reporting["s"] += time.perf_counter() - tick
-        reporting["epoch"] = epoch
-        if prune:
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            if on_epoch:
+                on_epoch(epoch, metrics)
+            if plan.metric not in metrics:
+                return
+            tick = time.perf_counter()
+            trial.report(metrics[plan.metric], epoch)
+            prune = trial.should_prune()
+            side.report_s += time.perf_counter() - tick
+            side.pruned_at = epoch
+            if prune:
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    record = TrialRecord(trial.number, "", None, "", values, child.run_id)
-    mark = time.perf_counter()
-    try:
-        outcome = train(config, tracker=child, on_epoch=report)
-    except optuna.TrialPruned:
-        record.train_s = time.perf_counter() - mark - reporting["s"]
-        mark = time.perf_counter()
-        tracking.client.set_tag(child.run_id, OUTCOME, PRUNED)
-        tracking.client.set_tag(child.run_id, PRUNED_AT_EPOCH, str(reporting["epoch"]))
-        child.end("KILLED")
-        tracking_s += time.perf_counter() - mark
-        mark = time.perf_counter()
-        trial.set_user_attr("outcome", "pruned")
-        frozen = study.tell(trial, state=TrialState.PRUNED)
-        record.state, record.value, record.outcome = "PRUNED", frozen.value, "pruned"
-    except KeyboardInterrupt:
-        child.end("KILLED", "interrupted (Ctrl-C)")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as err:
-        child.end("FAILED", "".join(traceback.format_exception_only(err)).strip())
-        trial.set_user_attr("outcome", "failed")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    else:
-        record.train_s = time.perf_counter() - mark - reporting["s"]
-        mark = time.perf_counter()
-        child.finish(outcome)
-        tracking_s += time.perf_counter() - mark
-        mark = time.perf_counter()
-        value = outcome.get(plan.metric)
-        record.outcome = str(outcome["outcome"])
-        trial.set_user_attr("outcome", record.outcome)
-        trial.set_user_attr("test/top1", outcome.get("test/top1"))
-        if isinstance(value, float) and math.isfinite(value):
-            study.tell(trial, value)
-            record.state, record.value = "COMPLETE", value
-        else:  # a diverged run with no finite metric (a loss): tell the sampler nothing
-            study.tell(trial, state=TrialState.FAIL)
-            record.state = "FAIL"
-    record.storage_s = storage_s + reporting["s"] + (time.perf_counter() - mark)
-    record.tracking_s = tracking_s
+        ended = run_child(child, lambda: train(config, tracker=child, on_epoch=report), side)
+    if ended.error is not None:
+        raise ended.error
+    record.train_s = ended.train_s - side.report_s
+    record.storage_s += side.report_s
+    record.tracking_s = tracking_s + ended.tracking_s
     record.wall_s = time.perf_counter() - start
     return record
 
 
 def recover_lost_trials(study: optuna.Study, tracking: Tracking) -> int:
-    """Marks FAIL the RUNNING trials whose owner process on this host is gone, and closes
-    their MLflow child runs KILLED. Returns how many it recovered."""
+    """Marks FAIL the RUNNING trials whose search process is gone (:mod:`study.run.liveness`:
+    its pid on this host, or a stale heartbeat on any host), and closes their MLflow child
+    runs KILLED. Returns how many it recovered."""
     recovered = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(OWNER_ATTR)
-        if not owner_gone(owner):
-            continue
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in liveness.Liveness().lost(study._storage, running):
+        owner = trial.system_attrs.get(OWNER_ATTR) or {}
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "outcome", LOST)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -441,9 +437,10 @@ def recover_lost_trials(study: optuna.Study, tracking: Tracking) -> int:
             continue
         recovered += 1
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and tracking.client.get_run(run_id).info.status == "RUNNING":
-            ChildRun(tracking.client, run_id).end(
-                "KILLED", f"search process lost (pid {owner['pid']} on {owner.get('name')})")
+        with contextlib.suppress(Exception):  # best effort: the tracking server may be away
+            if run_id and tracking.client.get_run(run_id).info.status == "RUNNING":
+                ChildRun(tracking.client, run_id).end(
+                    "KILLED", f"search process lost (pid {owner.get('pid')} on {owner.get('name')})")
     return recovered
 
 
@@ -456,10 +453,16 @@ def _log_best(study: optuna.Study, tracking: Tracking, parent_id: str, plan: Sea
     best = study.best_trial
     result.best_value, result.best_params = best.value, dict(best.params)
     step = len(study.trials)
-    tracking.client.log_metric(parent_id, f"best/{plan.metric}", best.value, step=step)
-    for key, value in best.params.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            tracking.client.log_metric(parent_id, f"best/{key}", float(value), step=step)
-    tracking.client.set_tag(parent_id, BEST_PARAMS, json.dumps(best.params))
-    tracking.client.set_tag(parent_id, BEST_TRIAL, str(best.number))
-    tracking.client.set_tag(parent_id, N_TRIALS, str(step))
+    numbers = {f"best/{key}": float(value) for key, value in best.params.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    metrics = [Metric(key, value, int(time.time() * 1000), step)
+               for key, value in {f"best/{plan.metric}": best.value, **numbers}.items()]
+    tags = [RunTag(BEST_PARAMS, json.dumps(best.params)), RunTag(BEST_TRIAL, str(best.number)),
+            RunTag(N_TRIALS, str(step))]
+    try:
+        tracking.client.log_batch(parent_id, metrics=metrics, tags=tags)
+    except Exception:
+        if tracking.reachable():
+            raise
+        # The tracking server is away: the trials are in the spool; the next search logs
+        # the best again (the report reads it from Optuna).

@@ -1,33 +1,21 @@
-"""A worker: pops configs from a study's queue and trains them, until the queue is empty.
+"""A worker: claims configs from a study's queue and trains them until none is left.
 
-The same loop runs in ``nfstudy worker`` (another machine, or a process started by
-``nfstudy run --workers N``) and in-process for ``nfstudy run --workers 1``. For each
-claimed config (:class:`study.run.queue.Claim`):
-
-1. MLflow is checked first: a config hash already FINISHED is not trained again (its
-   trial is closed COMPLETE), whatever the number of workers (exactly once).
-2. The MLflow child run is started, tagged with the queue trial that owns it, and its id
-   is stored on the trial; a heartbeat thread keeps the trial alive in the queue.
-3. Training (:func:`study.train.trainer.train`). A result is recorded in MLflow first (FINISHED,
-   outcome ``completed`` or ``diverged``), then the trial is marked COMPLETE, so a crash in
-   between loses nothing: the next look at MLflow finds the result. A raise records the
-   run FAILED, then the trial FAIL; the next ``nfstudy run`` re-queues it.
-4. Ctrl-C / SIGTERM (or the death of the local coordinator): the run is KILLED in MLflow,
-   the trial FAIL and its config re-queued at once (another worker may take it), then the
-   worker exits 130.
-
-A worker also recovers runs whose worker died (:func:`recover_lost`): their trial is
-failed, their MLflow run marked KILLED (never left RUNNING) and the config re-queued.
+The same loop runs in ``nfstudy worker`` (another machine, or a process of ``nfstudy run
+--workers N``) and in-process for ``nfstudy run --workers 1``. Each claimed config beats
+from the claim on, is skipped when MLflow has it FINISHED already (exactly once), and is
+otherwise trained as one child run (:func:`study.run.lifecycle.run_child`). Ctrl-C or
+SIGTERM closes the run KILLED and puts its config back in the queue. Every worker also
+recovers the runs of dead workers (:func:`recover_lost`), between runs and, while it
+trains, from its heartbeat thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,11 +23,16 @@ from typing import Any
 from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 
+from study.record import spool
 from study.record.tags import DIVERGED, ERROR, OWNER_ATTR, QUEUE_TRIAL, ROLE
 from study.record.tracking import Tracking
-from study.run.queue import HEARTBEAT_S, MAX_ATTEMPTS, Claim, Job, RunQueue
+from study.run.lifecycle import Heartbeat, parent_gone, run_child
+from study.run.liveness import LOOK_S
+from study.run.queue import MAX_ATTEMPTS, Claim, EndKind, Job, RunQueue
 
-#: Seconds between looks at an empty queue while other workers still run configs.
+#: Seconds between looks at an empty queue while other workers still run configs; doubled
+#: after each empty look up to :data:`~study.run.liveness.LOOK_S`, so idle workers cost the
+#: database little and still look for lost runs that often.
 POLL_S = 1.0
 
 RunEvent = Callable[[str, Job, "dict[str, Any] | None"], None]
@@ -55,6 +48,8 @@ class WorkerSummary:
     failed: list[str] = field(default_factory=list)
     recovered: int = 0
     runs: int = 0
+    interrupted: bool = False
+    """Stopped by Ctrl-C, SIGTERM or the death of its parent (the run was put back)."""
     queue_s: float = 0.0
     """Optuna storage time: recovery scan, pop, attrs, complete."""
     check_s: float = 0.0
@@ -66,93 +61,60 @@ class WorkerSummary:
         return 1000 * self.queue_s / runs, 1000 * self.check_s / runs
 
 
-def trial_tag(queue: RunQueue, trial_id: int) -> str:
-    return f"{queue.name}#{trial_id}"
-
-
-def _finished_run(tracking: Tracking, job: Job) -> str | None:
-    """The id of a FINISHED child run of ``job``'s config in its experiment (or in the
-    local spool while the tracking server is unreachable), if any."""
-    return tracking.finished_run_id(job.experiment_id, job.config_hash)
-
-
 def kill_orphan_runs(tracking: Tracking, queue: RunQueue, experiment_id: str, reason: str) -> int:
-    """Mark KILLED the RUNNING child runs whose owning queue trial is no longer RUNNING.
+    """Mark KILLED the RUNNING child runs of this queue whose trial is no longer RUNNING.
+
+    MLflow is read before the queue: a claim made between the two reads is RUNNING in the
+    second, and a run created after the first is not in it, so a live run is never closed.
 
     Returns:
         How many runs were closed.
     """
-    running = {trial_tag(queue, t._trial_id) for t in queue.trials([TrialState.RUNNING])}
-    runs = tracking.client.search_runs(
+    runs = tracking.retry(lambda: tracking.client.search_runs(
         [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'child'",
-        max_results=5000,
-    )
+        max_results=5000))
+    running = {queue.tag(t._trial_id) for t in queue.trials([TrialState.RUNNING])}
     closed = 0
     for run in runs:
         owner = run.data.tags.get(QUEUE_TRIAL)
-        if owner and owner.startswith(queue.name + "#") and owner not in running:
-            tracking.client.set_tag(run.info.run_id, ERROR, reason)
-            tracking.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        if queue.owns(owner) and owner not in running:
+            tracking.retry(lambda: tracking.client.set_tag(run.info.run_id, ERROR, reason))
+            tracking.retry(lambda: tracking.client.set_terminated(run.info.run_id,
+                                                                  RunStatus.to_string(RunStatus.KILLED)))
             closed += 1
     return closed
 
 
 def recover_lost(queue: RunQueue, tracking: Tracking) -> int:
-    """Fail the RUNNING trials whose worker is gone, mark their MLflow runs KILLED and
-    re-queue their configs (up to :data:`study.run.queue.MAX_ATTEMPTS` attempts in all).
+    """Re-queue the configs of RUNNING trials whose worker is gone (up to
+    :data:`~study.run.queue.MAX_ATTEMPTS` attempts in all), fail those trials, then mark
+    their MLflow runs KILLED (best effort: the next ``nfstudy run`` does it too).
 
     Returns:
         How many lost trials this call recovered.
     """
     recovered = 0
     for trial in queue.lost():
-        if not queue.fail(trial._trial_id):
-            continue  # another observer recovered it first
-        recovered += 1
         job = Job.from_trial(trial)
         owner = trial.system_attrs.get(OWNER_ATTR) or {}
         reason = f"worker lost (pid {owner.get('pid')} on {owner.get('name')})"
-        queue.set_attr(trial._trial_id, "error", reason)
-        kill_orphan_runs(tracking, queue, job.experiment_id, reason)
-        if job.attempt < MAX_ATTEMPTS and _finished_run(tracking, job) is None:
-            queue.enqueue([replace(job, attempt=job.attempt + 1)])
+        successor = replace(job, attempt=job.attempt + 1) \
+            if job.attempt < MAX_ATTEMPTS and not _finished_or_unknown(tracking, job) else None
+        if not queue.requeue(trial._trial_id, EndKind.LOST, reason, successor):
+            continue  # another observer recovered it first
+        recovered += 1
+        with contextlib.suppress(Exception):  # the tracking server may be away: the run stays for later
+            kill_orphan_runs(tracking, queue, job.experiment_id, reason)
     return recovered
 
 
-class _Heartbeat:
-    """Beats for a claimed trial; interrupts the worker when its parent process dies."""
-
-    def __init__(self, queue: RunQueue, trial_id: int, parent_pid: int | None):
-        self.queue, self.trial_id, self.parent_pid = queue, trial_id, parent_pid
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nfstudy-heartbeat", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        next_beat = 0.0
-        while not self._stop.is_set():
-            if parent_gone(self.parent_pid):
-                os.kill(os.getpid(), signal.SIGTERM)  # stop like Ctrl-C
-                return
-            if time.monotonic() >= next_beat:
-                try:
-                    self.queue.beat(self.trial_id)
-                except Exception:  # noqa: BLE001 - a storage hiccup must not kill the run
-                    pass
-                next_beat = time.monotonic() + HEARTBEAT_S
-            self._stop.wait(min(1.0, HEARTBEAT_S))
-
-
-def parent_gone(parent_pid: int | None) -> bool:
-    """Whether this process was started by ``parent_pid`` and has since been orphaned."""
-    return parent_pid is not None and os.getppid() != parent_pid
+def _finished_or_unknown(tracking: Tracking, job: Job) -> bool:
+    """Whether MLflow has ``job`` FINISHED; ``False`` when it cannot tell now (re-queue: the
+    worker that takes it checks again before training)."""
+    try:
+        return tracking.finished_run_id(job.experiment_id, job.config_hash) is not None
+    except Exception:  # noqa: BLE001 - unreachable or failing tracking store
+        return False
 
 
 def _terminate_as_interrupt(signum, frame) -> None:
@@ -164,6 +126,7 @@ def run_worker(
     tracking: Tracking,
     *,
     wait: bool = True,
+    hashes: set[str] | None = None,
     parent_pid: int | None = None,
     on_event: RunEvent | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -177,6 +140,7 @@ def run_worker(
         tracking: the MLflow store the coordinator created the experiment in.
         wait: keep polling while other workers run configs (their runs may be lost and
             re-queued); ``False`` returns as soon as nothing is WAITING.
+        hashes: train only these configs (a coordinator's plan); ``None``: any.
         parent_pid: stop (as on Ctrl-C) when this parent process dies.
         on_event: ``(event, job, result)`` with event ``start``, ``finished``, ``failed``,
             ``skipped``.
@@ -185,101 +149,130 @@ def run_worker(
             (:func:`study.train.ddp.train_distributed`).
 
     Returns:
-        A :class:`WorkerSummary`.
-
-    Raises:
-        KeyboardInterrupt: on Ctrl-C or SIGTERM, after the current run is closed KILLED
-            and its config re-queued.
+        A :class:`WorkerSummary`; ``interrupted`` after Ctrl-C or SIGTERM, once the current
+        run is closed KILLED and its config re-queued.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    summary = WorkerSummary()
-    while True:
-        if parent_gone(parent_pid):
-            raise KeyboardInterrupt
-        started = time.perf_counter()
-        summary.recovered += recover_lost(queue, tracking)
-        claim = queue.pop()
-        if claim is None:
-            if not wait or not queue.trials([TrialState.WAITING, TrialState.RUNNING]):
-                return summary
-            time.sleep(POLL_S)
-            continue
-        summary.queue_s += time.perf_counter() - started
-        summary.runs += 1
-        _run_claim(queue, tracking, claim, summary, parent_pid, on_event, on_epoch, nproc_per_node)
+    summary, pause, next_scan = WorkerSummary(), POLL_S, 0.0
+    try:
+        while True:
+            if parent_gone(parent_pid):
+                raise KeyboardInterrupt
+            started = time.perf_counter()
+            if time.monotonic() >= next_scan:
+                summary.recovered += recover_lost(queue, tracking)
+                next_scan = time.monotonic() + LOOK_S
+            _sync_spool(tracking)
+            claim = queue.pop(hashes)
+            if claim is None:
+                if not wait or not _active(queue, hashes):
+                    return summary
+                time.sleep(pause)
+                pause = min(2 * pause, LOOK_S)
+                continue
+            pause = POLL_S
+            summary.queue_s += time.perf_counter() - started
+            summary.runs += 1
+            _run_claim(queue, tracking, claim, summary, parent_pid, on_event, on_epoch, nproc_per_node)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        return summary
+    finally:
+        with contextlib.suppress(Exception):
+            _sync_spool(tracking)
 
 
-def _run_claim(queue, tracking, claim: Claim, summary: WorkerSummary, parent_pid, on_event, on_epoch,
-               nproc_per_node: int = 1) -> None:
+def _active(queue: RunQueue, hashes: set[str] | None) -> bool:
+    active = queue.trials([TrialState.WAITING, TrialState.RUNNING])
+    return any(hashes is None or t.user_attrs.get("config_hash") in hashes for t in active)
+
+
+def _sync_spool(tracking: Tracking) -> None:
+    """Upload the runs this process spooled, once the tracking server answers again."""
+    if tracking.spooled and tracking.reachable():
+        tracking.offline = False
+        spool.sync(tracking)
+        tracking.spooled = False
+
+
+@dataclass
+class _QueueTrial:
+    """The queue side of one claimed config (:class:`study.run.lifecycle.TrialSide`)."""
+
+    queue: RunQueue
+    tracking: Tracking
+    claim: Claim
+    summary: WorkerSummary
+
+    def interrupted(self) -> None:
+        self.queue.requeue(self.claim.trial_id, EndKind.INTERRUPTED, "interrupted", self.claim.job)
+
+    def failed(self, reason: str) -> None:
+        self.queue.fail(self.claim.trial_id, EndKind.FAILED, reason[:2000])
+
+    def pruned(self) -> dict[str, str]:
+        raise AssertionError("queue runs are never pruned")
+
+    def recorded_elsewhere(self) -> bool:
+        clock = time.perf_counter()
+        done = self.tracking.finished_run_id(self.claim.job.experiment_id, self.claim.job.config_hash)
+        self.summary.check_s += time.perf_counter() - clock
+        return done is not None
+
+    def duplicate(self) -> None:
+        self.queue.complete(self.claim.trial_id, None)
+
+    def finished(self, result: dict[str, Any]) -> None:
+        clock = time.perf_counter()
+        value = result.get("val/top1")
+        value = value if isinstance(value, float) and math.isfinite(value) else None
+        self.queue.complete(self.claim.trial_id, value, outcome=str(result["outcome"]))
+        self.summary.queue_s += time.perf_counter() - clock
+
+
+def _run_claim(queue: RunQueue, tracking: Tracking, claim: Claim, summary: WorkerSummary, parent_pid,
+               on_event, on_epoch, nproc_per_node: int = 1) -> None:
     from study.config.run_config import make_config
     from study.train.ddp import train_distributed
     from study.train.trainer import train
 
-    job = claim.job
-    clock = time.perf_counter()
-    done_already = _finished_run(tracking, job)
-    summary.check_s += time.perf_counter() - clock
-    if done_already is not None:
-        queue.complete(claim.trial_id, None)
-        summary.skipped += 1
+    job, side = claim.job, _QueueTrial(queue, tracking, claim, summary)
+
+    def look() -> None:  # a busy worker still finds the runs of dead workers
+        summary.recovered += recover_lost(queue, tracking)
+
+    def run() -> dict[str, Any]:
+        config = make_config(job.config, where=job.run_name)
+        if config.config_hash() != job.config_hash:
+            raise RuntimeError(f"config hash {config.config_hash()} != queued {job.config_hash}: "
+                               "this worker's nfstudy version differs from the coordinator's")
+        if nproc_per_node > 1:
+            return train_distributed(config, nproc_per_node, tracker=child, on_epoch=on_epoch)
+        return train(config, tracker=child, on_epoch=on_epoch)
+
+    with Heartbeat(lambda: queue.beat(claim.trial_id), parent_pid, look=look):  # from the claim on: a slow tracking server never makes it look lost
+        if side.recorded_elsewhere():
+            queue.complete(claim.trial_id, None)
+            summary.skipped += 1
+            if on_event:
+                on_event("skipped", job, None)
+            return
+        child = tracking.start_child(job.experiment_id, job.parent_id, job.study, job.arm, job.run_name,
+                                     job.config_hash, job.config, tags={QUEUE_TRIAL: queue.tag(claim.trial_id)})
+        queue.set_attr(claim.trial_id, "mlflow_run_id", child.run_id)
         if on_event:
-            on_event("skipped", job, None)
-        return
-    child = tracking.start_child(job.experiment_id, job.parent_id, job.study, job.arm, job.run_name,
-                                 job.config_hash, job.config, tags={QUEUE_TRIAL: trial_tag(queue, claim.trial_id)})
-    clock = time.perf_counter()
-    queue.set_attr(claim.trial_id, "mlflow_run_id", child.run_id)
-    summary.queue_s += time.perf_counter() - clock
-    if on_event:
-        on_event("start", job, None)
-    try:
-        with _Heartbeat(queue, claim.trial_id, parent_pid):
-            config = make_config(job.config, where=job.run_name)
-            if config.config_hash() != job.config_hash:
-                raise RuntimeError(f"config hash {config.config_hash()} != queued {job.config_hash}: "
-                                   "this worker's nfstudy version differs from the coordinator's")
-            result = (train_distributed(config, nproc_per_node, tracker=child, on_epoch=on_epoch)
-                      if nproc_per_node > 1 else train(config, tracker=child, on_epoch=on_epoch))
-    except KeyboardInterrupt:
-        # Finish the bookkeeping even if a second Ctrl-C / SIGTERM arrives meanwhile.
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} \
-            if threading.current_thread() is threading.main_thread() else {}
-        try:
-            child.end("KILLED", "interrupted (Ctrl-C, SIGTERM or coordinator gone)")
-            queue.set_attr(claim.trial_id, "error", "interrupted")
-            if queue.fail(claim.trial_id):
-                queue.enqueue([job])
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        raise
-    except Exception as err:  # noqa: BLE001 - record the failure first, then go on
-        reason = "".join(traceback.format_exception_only(err)).strip()
-        child.end("FAILED", reason)
-        queue.set_attr(claim.trial_id, "error", reason[:2000])
-        queue.fail(claim.trial_id)
-        summary.failed.append(f"{job.run_name}: {reason.splitlines()[-1]}")
+            on_event("start", job, None)
+        ended = run_child(child, run, side)
+    if ended.status == "FAILED":
+        summary.failed.append(f"{job.run_name}: {ended.reason.splitlines()[-1]}")
         if on_event:
             on_event("failed", job, None)
-        return
-    clock = time.perf_counter()
-    done_already = _finished_run(tracking, job)
-    summary.check_s += time.perf_counter() - clock
-    if done_already is not None:
-        # Taken for dead and re-run elsewhere, which finished first: keep one result.
-        child.end("KILLED", "duplicate: another worker recorded this config first")
-        queue.complete(claim.trial_id, None)
-        return
-    child.finish(result)  # MLflow first: the result is safe before the queue hears of it
-    clock = time.perf_counter()
-    value = result.get("val/top1")
-    queue.set_attr(claim.trial_id, "outcome", result["outcome"])
-    queue.complete(claim.trial_id, value if isinstance(value, float) and math.isfinite(value) else None)
-    summary.queue_s += time.perf_counter() - clock
-    if result["outcome"] == DIVERGED:
-        summary.diverged += 1
-    else:
-        summary.completed += 1
-    if on_event:
-        on_event("finished", job, result)
+    elif ended.status == "FINISHED":
+        assert ended.result is not None
+        if ended.result["outcome"] == DIVERGED:
+            summary.diverged += 1
+        else:
+            summary.completed += 1
+        if on_event:
+            on_event("finished", job, ended.result)

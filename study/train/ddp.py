@@ -4,10 +4,11 @@ The run keeps the meaning of its config: ``data.batch_size`` is the *global* bat
 learning-rate rule (``optim.lr``·B/256) is unchanged. Every rank draws the same global batch
 (the loaders' order comes from the shared seed) and trains on its contiguous slice of it;
 DDP averages the gradients, so the mean loss and its gradient equal one process on the whole
-batch, and AGC, called after ``backward()``, clips the all-reduced gradient (paper §4).
-The SAM ascent runs inside ``no_sync()``: local to each replica (Brock et al. 2021, §5). Evaluation
-runs on every rank over the whole split (identical results, no collective); only rank 0
-reports metrics.
+batch, and AGC, called after ``backward()``, clips the all-reduced gradient, as the official
+code does (Brock et al. 2021, §4, arXiv 2102.06171; google-deepmind/deepmind-research,
+nfnets/). The SAM ascent runs inside ``no_sync()``: local to each replica, which the paper's
+discussion of SAM reports works best. Evaluation runs on every rank over the whole split
+(identical results, no collective); only rank 0 reports metrics.
 
 ``train_distributed(config, nproc)`` launches
 ``python -m torch.distributed.run --standalone --nproc-per-node N -m study.train.ddp
@@ -22,7 +23,6 @@ import gc
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from study.children import die_with_parent, start_group, stop_group
 from study.config.run_config import RunConfig
 from study.errors import ConfigError
 from study.train.trainer import resolve_device, train
@@ -93,7 +94,9 @@ def train_distributed(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "study.train.ddp", str(out / "config.json"), str(out)]
     with open(out / LOG_FILE, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Its own process group, stopped with this process even on a kill -9: a restarted
+        # worker must never find the last run's ranks still training on its GPUs.
+        proc = start_group(cmd, stdout=log, stderr=subprocess.STDOUT)
     offset = 0
     try:
         while True:
@@ -103,7 +106,7 @@ def train_distributed(
                 break
             time.sleep(_POLL_S)
     except BaseException:
-        _stop(proc)
+        stop_group(proc)
         shutil.rmtree(out, ignore_errors=True)
         raise
     if proc.returncode != 0 or not (out / RESULT_FILE).is_file():
@@ -132,20 +135,6 @@ def _forward_lines(path: Path, offset: int, tracker, on_epoch) -> int:
     return offset + len(complete)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop torchrun and its ranks (their own process group), SIGTERM then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def init_process_group(device: torch.device) -> None:
     """This rank's process group: NCCL bound to GPU ``$LOCAL_RANK`` on CUDA (``device_id``
     lets NCCL set up its communicator at once, for that GPU, instead of guessing it at the
@@ -160,6 +149,8 @@ def init_process_group(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Per-rank entry (``python -m study.train.ddp CONFIG_JSON OUT_DIR`` under torchrun)."""
+    # torchrun starts each rank in a session of its own: a rank must not outlive it.
+    die_with_parent()
     config_path, out_dir = argv if argv is not None else sys.argv[1:]
     out = Path(out_dir)
     config = RunConfig.model_validate_json(Path(config_path).read_text())
