@@ -279,9 +279,13 @@ class RunConfig(_Section):
         """Short stable hash: canonical JSON (sorted keys) of the resolved config, without
         the machine-local keys in :data:`HASH_EXCLUDED_KEYS` and the later-added keys of
         :data:`HASH_NEUTRAL_DEFAULTS` while they keep their original behaviour."""
-        flat = {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
-        text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def identity(self) -> dict[str, Any]:
+        """The flat config a run's identity is made of: :meth:`flat` without the machine-local
+        keys and the later-added keys that still keep their original behaviour."""
+        return {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
 
     def _neutral(self, key: str, value: Any) -> bool:
         if key not in HASH_NEUTRAL_DEFAULTS:
