@@ -100,7 +100,7 @@ def _dry_run(name, preset, set_, tracking_uri, storage, options) -> None:
     console.print(f"# {logs / 'workers.sbatch'}")
     console.print(slurm.worker_script(spec.name, options, min(options.workers, left), logs))
     console.print(f"# {logs / 'next.sbatch'} (sbatch --dependency=afterany:ARRAY_JOB_ID)")
-    console.print(slurm.follow_up_script(spec.name, options, ["nfstudy", "launch", "slurm", "..."], logs))
+    console.print(slurm.follow_up_script(spec.name, options, _follow_up_command(name, options, preset, set_, 2), logs))
 
 
 @launch_app.command("slurm")

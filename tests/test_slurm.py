@@ -1,0 +1,215 @@
+"""``nfstudy launch slurm``, ``enqueue`` and ``status`` on a real single-node Slurm cluster
+(tests/slurm.py: Debian's munge, slurmctld and slurmd), and the NFS-style journal queue.
+
+Every command is typed as the README's "On a Slurm cluster" section types it. Each test
+ends with every config FINISHED exactly once in MLflow. Measured times are printed
+(``pytest -s``): the per-run overhead under Slurm and the time from a cancelled task to its
+config running again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from slurm import slurm_available, slurm_cluster
+from test_faults import assert_exactly_once, local_uri
+
+from study.record.tags import OWNER_ATTR
+from study.run.queue import RunQueue
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    why = slurm_available()
+    if why:
+        pytest.skip(why)
+    with slurm_cluster() as running:
+        yield running
+
+
+def nfstudy(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str]:
+    """``nfstudy ARGS`` as the user types it; exit code and output."""
+    done = subprocess.run([sys.executable, "-m", "study", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def wait_for(what, timeout: float, step: float = 0.5):
+    """Poll ``what()`` until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(step)
+    raise TimeoutError(f"not within {timeout} s: {what.__doc__ or what}")
+
+
+def queue_trials(study: str, states) -> list:
+    try:
+        return RunQueue(study).trials(states)
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_a_grid_of_six_runs_on_two_array_tasks_finishes_exactly_once(cluster, study_file, nfstudy_home):
+    path = study_file("name: six\nbase: presets/smoke.yaml\ngrid:\n  agc.clipping: [0.01, 0.02, 0.03]\n"
+                      "seeds: [0, 1]\n", name="six.yaml")
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "2", "--dry-run", env=cluster.env)
+    assert code == 0, out
+    assert "#SBATCH --array=1-2" in out and "nfstudy worker" not in out.split("exec ")[0]
+    assert not (nfstudy_home / "queue.journal").exists()  # a dry run queues nothing
+    started = time.time()
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "2", env=cluster.env)
+    launched = time.time()
+    assert code == 0, out
+    assert "submitted job array" in out and "(2 workers) for 6 waiting configs" in out, out
+    cluster.wait_idle(timeout=600)  # the array, then the follow-up job (which submits nothing)
+    runs = assert_exactly_once(local_uri(nfstudy_home), "six", 6)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    trials = queue_trials("six", [TrialState.COMPLETE])
+    assert len({t.system_attrs[OWNER_ATTR]["job"] for t in trials}) == 2  # both array tasks trained
+    # The follow-up job found nothing left: it said so in its log and submitted nothing.
+    logs = nfstudy_home / "logs" / "six" / "slurm"
+    assert "nothing to submit" in "".join(p.read_text() for p in logs.glob("*-next.out"))
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "2", env=cluster.env)
+    assert code == 0 and "nothing to submit" in out, out
+    assert not cluster.jobs()
+    code, out = nfstudy("status", str(path), "--json")
+    assert code == 0, out
+    status = json.loads(out)
+    assert status["counts"]["finished"] == 6 and status["counts"]["waiting"] == 0
+    by_run = {r.data.tags["nfstudy.config_hash"]: r for r in runs}
+    overhead = [(t.datetime_complete - t.datetime_start).total_seconds()
+                - by_run[t.user_attrs["config_hash"]].data.metrics["time/total_s"] for t in trials]
+    first_claim = min(t.datetime_start.timestamp() for t in trials)
+    print(f"\nslurm: launch {launched - started:.1f} s (enqueue + sbatch); submit -> first claim "
+          f"{first_claim - launched:.1f} s; per run, claim -> FINISHED minus training: median "
+          f"{sorted(overhead)[len(overhead) // 2]:.2f} s, max {max(overhead):.2f} s")
+
+
+@pytest.mark.slow
+def test_a_cancelled_task_puts_its_run_back_and_another_task_finishes_it(cluster, study_file, nfstudy_home):
+    # Runs of tens of seconds (2 images a step, 500 to evaluate each epoch), so scancel lands mid-run.
+    path = study_file("name: cancel\nbase: presets/smoke.yaml\nfixed: {data.name: fake, data.num_examples: 64, "
+                      "train.steps: 60}\nseeds: [0, 1]\n", name="cancel.yaml")
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "2", env=cluster.env)
+    assert code == 0, out
+
+    def both_running():
+        trials = [t for t in queue_trials("cancel", [TrialState.RUNNING]) if "mlflow_run_id" in t.user_attrs]
+        return trials if len(trials) == 2 else None
+
+    victim = wait_for(both_running, timeout=300)[0]
+    code, out = nfstudy("status", str(path))
+    assert code == 0 and "2 running" in out and "job " in out, out
+    task = victim.system_attrs[OWNER_ATTR]["job"]
+    cancelled = time.time()
+    cluster.run("scancel", task)
+
+    def successor(state):
+        def find():
+            return [t for t in queue_trials("cancel", [state]) if t.user_attrs["config_hash"] ==
+                    victim.user_attrs["config_hash"] and t.number > victim.number]
+        return find
+
+    wait_for(lambda: successor(TrialState.WAITING)() or successor(TrialState.RUNNING)()
+             or successor(TrialState.COMPLETE)(), timeout=120, step=0.2)
+    requeued = time.time()
+    again = wait_for(lambda: successor(TrialState.RUNNING)() or successor(TrialState.COMPLETE)(), timeout=400,
+                     step=0.2)[0]
+    running_again = again.datetime_start.timestamp()
+    cluster.wait_idle(timeout=600)
+    runs = assert_exactly_once(local_uri(nfstudy_home), "cancel", 2)
+    mine = [r for r in runs if r.data.tags["nfstudy.config_hash"] == victim.user_attrs["config_hash"]]
+    assert sorted(r.info.status for r in mine) == ["FINISHED", "KILLED"]
+    closed = RunQueue("cancel").trial(victim._trial_id)
+    assert closed.state == TrialState.FAIL and closed.user_attrs["ended"] == "interrupted"
+    finisher = RunQueue("cancel").trial(again._trial_id).system_attrs[OWNER_ATTR]["job"]
+    assert finisher != task  # the other array task took it
+    print(f"\nslurm: scancel -> config back in the queue {requeued - cancelled:.1f} s; -> running again "
+          f"{running_again - cancelled:.1f} s (the other task finished its own run first)")
+
+
+@pytest.mark.slow
+def test_a_task_at_its_time_limit_resumes_from_its_checkpoint(cluster, study_file, nfstudy_home):
+    # Two steps an epoch, a checkpoint after each. Once the first checkpoint is written the
+    # worker is stopped (SIGSTOP), as a long epoch would hold it, so the time limit always
+    # lands mid-run however fast this machine is; Slurm sends SIGCONT and SIGTERM at the limit.
+    path = study_file("name: limit\nbase: presets/smoke.yaml\nfixed: {data.name: fake, data.num_examples: 64, "
+                      "train.steps: 16, train.checkpoint_every: 1}\nseeds: [0]\n", name="limit.yaml")
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "1", "--time", "00:01:00", env=cluster.env)
+    assert code == 0, out
+    trial = wait_for(lambda: queue_trials("limit", [TrialState.RUNNING]), timeout=300)[0]
+    config_hash = trial.user_attrs["config_hash"]
+    wait_for(lambda: (nfstudy_home / "checkpoints" / config_hash / "last.pt").exists(), timeout=300, step=0.05)
+    os.kill(trial.system_attrs[OWNER_ATTR]["pid"], signal.SIGSTOP)
+    cluster.wait_idle(timeout=600)  # limit, follow-up, second array, its follow-up
+    runs = assert_exactly_once(local_uri(nfstudy_home), "limit", 1)
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(killed) == 1 and len(finished) == 1
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(local_uri(nfstudy_home))
+    last_killed = max(m.step for m in client.get_metric_history(killed[0].info.run_id, "train/loss"))
+    resumed = min(m.step for m in client.get_metric_history(finished[0].info.run_id, "train/loss"))
+    assert resumed == last_killed + 1 and resumed > 0  # from the checkpoint, not from epoch 0
+    assert finished[0].data.metrics["epochs"] == 8
+    logs = "".join(p.read_text() for p in (nfstudy_home / "logs" / "limit" / "slurm").glob("slurm-*"))
+    assert "DUE TO TIME LIMIT" in logs
+    print(f"\nslurm: killed at its time limit after epoch {last_killed}, resumed at epoch {resumed}")
+
+
+@pytest.mark.slow
+def test_four_workers_share_a_journal_queue_on_a_shared_filesystem(study_file, tmp_path):
+    """The ``journal+nfs://`` queue: four worker processes, each with its own home and host
+    id (so no pid check applies: liveness by heartbeats only), sharing only the journal."""
+    shared = tmp_path / "shared"
+    storage = f"journal+nfs://{shared / 'queue.journal'}"
+    tracking = f"sqlite:///{shared / 'mlflow.db'}"
+    path = study_file("name: nfs\nbase: presets/smoke.yaml\ngrid:\n  agc.clipping: [0.01, 0.02, 0.03, 0.04]\n"
+                      "seeds: [0, 1]\n", name="nfs.yaml")
+    code, out = nfstudy("enqueue", str(path), "--storage", storage, "--tracking-uri", tracking)
+    assert code == 0 and "8 waiting" in out, out
+    code, again = nfstudy("enqueue", str(path), "--storage", storage, "--tracking-uri", tracking)
+    assert code == 0 and "8 waiting" in again, again  # idempotent
+    workers = [subprocess.Popen([sys.executable, "-m", "study", "worker", "--study", "nfs", "--storage", storage,
+                                 "--tracking-uri", tracking], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "NFSTUDY_HOME": str(tmp_path / f"machine-{i}"),
+                                     "NFSTUDY_HOST_ID": f"machine-{i}"})
+               for i in range(4)]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, outs
+    assert_exactly_once(tracking, "nfs", 8)
+    trials = RunQueue("nfs", storage).trials([TrialState.COMPLETE])
+    assert len(trials) == 8 and len({t.system_attrs[OWNER_ATTR]["host"] for t in trials}) >= 2
+    assert not list(shared.glob("*.lock"))  # NFS locks exist only while held (no flock files)
+    code, out = nfstudy("status", "nfs", "--storage", storage, "--tracking-uri", tracking)
+    assert code == 0 and "8 configs: 8 finished" in out, out
+
+
+def test_launch_without_slurm_or_with_a_bad_time_is_one_line_and_writes_nothing(study_file, nfstudy_home):
+    path = study_file("name: nosl\nbase: presets/smoke.yaml\nseeds: [0]\n", name="nosl.yaml")
+    code, out = nfstudy("launch", "slurm", str(path), "--time", "ten minutes")
+    assert code == 2 and out.strip().startswith("error: --time ten minutes: not a Slurm time limit"), out
+    code, out = nfstudy("launch", "slurm", str(path), env={"PATH": "/nonexistent"})
+    assert code == 2 and "`sbatch` is not on $PATH" in out and len(out.strip().splitlines()) == 1, out
+    assert not nfstudy_home.exists() or not list(nfstudy_home.iterdir())
+
+
+def test_status_of_a_study_without_a_queue_is_one_line(nfstudy_home):
+    code, out = nfstudy("status", "no-such-study")
+    assert code == 2 and "no queue" in out and len(out.strip().splitlines()) == 1, out
