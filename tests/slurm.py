@@ -91,7 +91,7 @@ def _config(root: Path, node: str, socket_path: Path) -> str:
     cpus = os.cpu_count() or 1
     ctld_port, d_port = free_port(), free_port()
     return "\n".join([
-        "ClusterName=nfstudy-test", f"SlurmctldHost={node}", f"SlurmctldPort={ctld_port}", f"SlurmdPort={d_port}",
+        "ClusterName=nfstudy-test", f"SlurmctldHost={node}(127.0.0.1)", f"SlurmctldPort={ctld_port}", f"SlurmdPort={d_port}",
         "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={socket_path}",
         "SlurmUser=root", "SlurmdUser=root", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
         "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
