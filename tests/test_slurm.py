@@ -216,3 +216,52 @@ def test_launch_without_slurm_or_with_a_bad_time_is_one_line_and_writes_nothing(
 def test_status_of_a_study_without_a_queue_is_one_line(nfstudy_home):
     code, out = nfstudy("status", "no-such-study")
     assert code == 2 and "no queue" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_slurm_time_limits_and_the_scripts_they_make(tmp_path):
+    from study.errors import ConfigError
+    from study.run.slurm import SlurmOptions, time_limit_s, worker_script
+
+    assert [time_limit_s(t) for t in ("90", "1:30", "04:00:00", "2-0", "1-00:00:01")] == [5400, 90, 14400, 172800,
+                                                                                            86401]
+    with pytest.raises(ConfigError, match="not a Slurm time limit"):
+        time_limit_s("1:2:3:4")
+    long = worker_script("s", SlurmOptions(workers=8, gpus_per_worker=2, time="04:00:00", partition="gpu",
+                                           extra=["--qos=long"]), 8, tmp_path)
+    for line in ("#SBATCH --array=1-8", "#SBATCH --gres=gpu:2", "#SBATCH --signal=B:USR1@120",
+                 "#SBATCH --partition=gpu", "#SBATCH --qos=long", "--nproc-per-node 2"):
+        assert line in long
+    assert "--signal" not in worker_script("s", SlurmOptions(workers=1, time="00:05:00"), 1, tmp_path)
+
+
+def test_the_nfs_lock_is_exclusive_refreshed_while_held_and_broken_when_abandoned(tmp_path, monkeypatch):
+    from study.record import optuna_storage
+
+    monkeypatch.setattr(optuna_storage, "NFS_GRACE_S", 3)
+    lock = optuna_storage.lock_beside(tmp_path / "queue.journal", "enqueue", nfs=True)
+    path = tmp_path / "queue.journal.enqueue.lock"
+    with lock.held():
+        os.utime(path, (0, 0))
+        time.sleep(2.0)  # the holder touches it every NFS_GRACE_S / 6
+        assert path.stat().st_mtime > 0
+        other = optuna_storage.lock_beside(tmp_path / "queue.journal", "enqueue", nfs=True)
+        assert os.path.exists(path)
+    assert not path.exists()  # released: the file exists only while held
+    path.write_text("")  # left by a holder that died
+    started = time.monotonic()
+    with other.held():
+        waited = time.monotonic() - started
+    assert 3 <= waited < 10
+
+
+def test_a_queue_in_a_journal_on_a_shared_filesystem(tmp_path):
+    from study.run.queue import Job, RunQueue
+
+    url = f"journal+nfs://{tmp_path / 'q.journal'}"
+    queue = RunQueue("nfs-unit", url, create=True)
+    jobs = [Job(f"h{i}", {}, "nfs-unit", "", f"r{i}", {}, "1", "p") for i in range(3)]
+    assert queue.enqueue(jobs) == 3 and queue.enqueue(jobs) == 0
+    claim = RunQueue("nfs-unit", url).pop()
+    assert claim is not None and claim.job.config_hash == "h0"
+    assert len(queue.trials([TrialState.WAITING])) == 2
+    assert not list(tmp_path.glob("*.lock"))
