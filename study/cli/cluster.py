@@ -200,7 +200,7 @@ def status(
     """Where each config of a study stands: finished, diverged, running (host, Slurm job,
     age), waiting, failed (with the reason), from the queue and MLflow."""
     from study import paths
-    from study.cli import preflight
+    from study.record import stores  # not study.cli.preflight, which imports torch for the data checks
     from study.run.queue import RunQueue, storage_url
     from study.run.run_cache import open_tracking
     from study.run.status import study_status
@@ -213,8 +213,8 @@ def status(
             raise
         study, plan = name, None  # a queue whose study file is elsewhere: every config it holds
     uri = paths.tracking_uri(tracking_uri)
-    preflight.check_storage(storage_url(storage))
-    preflight.check_tracking(uri)
+    stores.check_storage(storage_url(storage))
+    stores.check_tracking(uri)
     found = study_status(RunQueue(study, storage), open_tracking(uri), plan)
     if json_:
         print(json.dumps(found.as_json()))
