@@ -265,3 +265,21 @@ def test_a_queue_in_a_journal_on_a_shared_filesystem(tmp_path):
     assert claim is not None and claim.job.config_hash == "h0"
     assert len(queue.trials([TrialState.WAITING])) == 2
     assert not list(tmp_path.glob("*.lock"))
+
+
+def test_the_readme_launch_line_as_a_dry_run(nfstudy_home):
+    """The README's "On a Slurm cluster" launch line, with ``--dry-run``: the scripts it would
+    submit, with nothing queued, submitted or written."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## On a Slurm cluster", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in section.splitlines() if x.startswith("nfstudy launch slurm"))
+    args = line.split("#", 1)[0].split()[1:]
+    storage = f"journal+nfs://{nfstudy_home.parent / 'shared' / 'queue.journal'}"
+    code, out = nfstudy(*args, "--dry-run", env={"NFSTUDY_STORAGE": storage, "PATH": "/nonexistent"})
+    assert code == 0, out
+    for expected in ("#SBATCH --array=1-8", "#SBATCH --gres=gpu:1", "#SBATCH --time=04:00:00",
+                     "#SBATCH --partition=gpu", "#SBATCH --signal=B:USR1@120", "--dependency=afterany",
+                     "worker --study clip-threshold --nproc-per-node 1", "--round 2"):
+        assert expected in out, expected
+    assert storage not in out  # URLs travel in the environment, never in a script
+    assert not (nfstudy_home.parent / "shared").exists() and not (nfstudy_home / "mlflow.db").exists()
