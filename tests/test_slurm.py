@@ -94,8 +94,8 @@ def test_a_grid_of_six_runs_on_two_array_tasks_finishes_exactly_once(cluster, st
     overhead = [(t.datetime_complete - t.datetime_start).total_seconds()
                 - by_run[t.user_attrs["config_hash"]].data.metrics["time/total_s"] for t in trials]
     first_claim = min(t.datetime_start.timestamp() for t in trials)
-    print(f"\nslurm: launch {launched - started:.1f} s (enqueue + sbatch); submit -> first claim "
-          f"{first_claim - launched:.1f} s; per run, claim -> FINISHED minus training: median "
+    print(f"\nslurm: the launch command {launched - started:.1f} s (enqueue + sbatch); its start -> first claim "
+          f"{first_claim - started:.1f} s; per run, claim -> FINISHED minus training: median "
           f"{sorted(overhead)[len(overhead) // 2]:.2f} s, max {max(overhead):.2f} s")
 
 
