@@ -175,6 +175,26 @@ def test_a_task_at_its_time_limit_resumes_from_its_checkpoint(cluster, study_fil
 
 
 @pytest.mark.slow
+def test_a_task_killed_outright_is_recovered_and_resubmitted_by_the_follow_up_job(cluster, study_file,
+                                                                                   nfstudy_home):
+    """kill -9 of the only task (no clean stop): the array ends with the config RUNNING; the
+    follow-up job recovers it (its worker is gone) and submits the next round."""
+    path = study_file("name: killed\nbase: presets/smoke.yaml\nfixed: {data.name: fake, data.num_examples: 64, "
+                      "train.steps: 40}\nseeds: [0]\n", name="killed.yaml")
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "1", env=cluster.env)
+    assert code == 0, out
+    trial = wait_for(lambda: [t for t in queue_trials("killed", [TrialState.RUNNING]) if "mlflow_run_id" in
+                              t.user_attrs], timeout=300)[0]
+    os.kill(trial.system_attrs[OWNER_ATTR]["pid"], signal.SIGKILL)
+    cluster.wait_idle(timeout=600)
+    runs = assert_exactly_once(local_uri(nfstudy_home), "killed", 1)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    assert RunQueue("killed").trial(trial._trial_id).user_attrs["ended"] == "lost"
+    logs = "".join(p.read_text() for p in (nfstudy_home / "logs" / "killed" / "slurm").glob("*-next.out"))
+    assert "round 2 of 3" in logs  # the follow-up job submitted the next round
+
+
+@pytest.mark.slow
 def test_four_workers_share_a_journal_queue_on_a_shared_filesystem(study_file, tmp_path):
     """The ``journal+nfs://`` queue: four worker processes, each with its own home and host
     id (so no pid check applies: liveness by heartbeats only), sharing only the journal."""
