@@ -17,33 +17,25 @@ from rich.console import Console
 from rich.table import Column, Table
 from typer.exceptions import TyperException
 
+from study.cli import cluster
+from study.cli.common import (
+    OldStorageOpt,
+    PresetOpt,
+    QueueOpt,
+    SearchStorageOpt,
+    SetOpt,
+    StudyArg,
+    TrackingOpt,
+    console,
+    err_console,
+    notes as _notes,
+    plan_runs as _plan,
+    preflight_checks as _preflight,
+)
 from study.errors import ConfigError, NfstudyError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow.")
-# Plain text everywhere: names, paths and URLs hold '[' and ':' that rich would read as
-# markup or emoji codes. Long lines (paths, URLs) stay whole, as print() leaves them.
-console = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
-err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
-
-# -- options shared by several commands: one definition each --------------------------------
-StudyArg = Annotated[str, typer.Argument(help="Study name or path to a study YAML file.")]
-PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", help="Run the study at another scale: swap its base preset (smoke, digits, cifar10, imagenet); "
-    "the preset's caps bound every run (smoke: 4 steps).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a config key for every run, e.g. --set agc.clipping=0.02 (repeatable); on a grid key "
-    "it replaces the axis by that one value.")]
-TrackingOpt = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI, e.g. http://HOST:5000 (default: $MLFLOW_TRACKING_URI, else "
-    "$NFSTUDY_HOME/mlflow.db).")]
-QueueOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help="The run queue's storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines, or a "
-    "journal file path (default: $NFSTUDY_STORAGE, else $NFSTUDY_HOME/queue.journal).")]
-SearchStorageOpt = Annotated[Optional[str], typer.Option(
-    "--search-storage", help="The searches' storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines "
-    "(default: $NFSTUDY_SEARCH_STORAGE, else $NFSTUDY_STORAGE, else $NFSTUDY_HOME/optuna.db).")]
-OldStorageOpt = Annotated[Optional[str], typer.Option("--storage", hidden=True)]
 
 
 def _search_storage(command: str, storage: Optional[str], old: Optional[str]) -> Optional[str]:
@@ -55,28 +47,6 @@ def _search_storage(command: str, storage: Optional[str], old: Optional[str]) ->
         err_console.print(f"note: on `nfstudy {command}`, --storage is now spelt --search-storage (the searches' "
                           "Optuna storage; --storage names the run queue's on run and worker)")
     return storage if storage is not None else old
-
-
-def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
-    from study.config.expand import parse_overrides, plan
-    from study.config.study_file import load_study
-
-    spec = load_study(name)
-    return spec, plan(spec, preset=preset, overrides=parse_overrides(sets))
-
-
-def _notes(spec, runs, preset: Optional[str]) -> None:
-    """The study's warnings (stderr) and the caps a ``--preset`` applied (stdout)."""
-    for line in spec.warnings:
-        err_console.print(f"warning: {line}")
-    asked: dict[str, set] = {}
-    for run in runs:
-        for key, value in run.capped.items():
-            asked.setdefault(key, set()).add(str(value))
-    for key, values in asked.items():
-        cap = next(run.config.flat()[key] for run in runs if key in run.capped)
-        console.print(f"note: --preset {preset} caps {key} at {cap} "
-                      f"(the study asks {', '.join(sorted(values))}; --set {key}=N overrides)")
 
 
 @app.command("list")
@@ -270,18 +240,6 @@ def _print_dry_run(spec, runs, found) -> None:
         console.print(f"a real run would stop here: {err}")
 
 
-def _preflight(runs, tracking_uri: Optional[str], storage: Optional[str]) -> None:
-    """Data directories, tracking store and queue storage: checked before anything is
-    written, by a real run and a dry run alike."""
-    from study import paths
-    from study.cli import preflight
-    from study.run.queue import storage_url
-
-    preflight.check_data(r.config for r in runs)
-    preflight.check_tracking(paths.tracking_uri(tracking_uri))
-    preflight.check_storage(storage_url(storage))
-
-
 def _sync_spool(tracking) -> None:
     """Upload runs spooled while the tracking server was unreachable (see `nfstudy sync`)."""
     from study.record import spool
@@ -351,7 +309,7 @@ def worker(
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
-    Start `nfstudy run NAME --storage URL --tracking-uri URI` somewhere first: it fills the
+    Start `nfstudy enqueue NAME --storage URL --tracking-uri URI` (or `nfstudy run`) first: it fills the
     queue. Exits 0 when nothing is left; Ctrl-C or SIGTERM closes the current run KILLED,
     puts its config back in the queue and exits 130."""
     import socket
@@ -628,6 +586,12 @@ def bench(
     for r in out["results"]:
         if r["note"]:
             console.print(f"  {r['name']}: {r['note']}")
+
+
+# Commands for a cluster (enqueue, launch slurm, status): their own module.
+app.command()(cluster.enqueue)
+app.add_typer(cluster.launch_app, name="launch")
+app.command()(cluster.status)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -5,6 +5,10 @@
   torn last line (a crash or a full disk mid-append) is cut off under that lock before the
   next append, so it never breaks the log for every reader. Not on NFS (``fcntl`` locks are
   unreliable there).
+- **Journal file on a shared filesystem** (``journal+nfs:///PATH``, e.g. NFS on a cluster):
+  the same journal, but every lock is :class:`NfsLock`, Optuna's ``JournalFileOpenLock``
+  (``open(O_CREAT | O_EXCL)``, atomic on NFSv3 and later), whose holder keeps the lock
+  file's mtime fresh; a lock left by a dead holder is broken after :data:`NFS_GRACE_S`.
 - **SQLite / PostgreSQL** (Optuna RDB storage): URLs go through
   :func:`study.record.stores.database_url` (driver, connect and statement timeouts). Schema
   creation is serialised: an ``fcntl`` lock beside a SQLite file, and on PostgreSQL a retry
@@ -18,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +30,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from study.errors import ConfigError, TrackingError
 from study.record import stores
@@ -33,11 +38,17 @@ from study.redaction import first_line, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-_ALLOWED = "postgresql://USER@HOST:PORT/DB, sqlite:///PATH, or the path of a journal file"
+_ALLOWED = ("postgresql://USER@HOST:PORT/DB, sqlite:///PATH, the path of a journal file, or "
+            "journal+nfs:///PATH (a journal on a shared filesystem)")
+#: URL prefix of a journal file on a shared filesystem (NFS): locks that are safe there.
+NFS_PREFIX = "journal+nfs://"
+#: Seconds after which an NFS lock file that nobody refreshed is taken for abandoned (its
+#: holder died); a holder touches it every ``NFS_GRACE_S / 6``.
+NFS_GRACE_S = 30
 
 
 def kind(url: str) -> str:
-    """``postgresql``, ``sqlite`` or ``journal``.
+    """``postgresql``, ``sqlite`` or ``journal`` (a path, or ``journal+nfs:///PATH``).
 
     Raises:
         ConfigError: any other kind of URL.
@@ -47,22 +58,39 @@ def kind(url: str) -> str:
         return "postgresql"
     if scheme == "sqlite":
         return "sqlite"
-    if scheme in ("", "file"):
+    if scheme in ("", "file") or url.startswith(NFS_PREFIX):
         return "journal"
     raise ConfigError(f"--storage '{redact(url)}': unsupported; allowed: {_ALLOWED}")
+
+
+def on_nfs(url: str) -> bool:
+    """Whether ``url`` names a journal on a shared filesystem (``journal+nfs:///PATH``)."""
+    return url.startswith(NFS_PREFIX)
 
 
 def local_file(url: str) -> Path | None:
     """The file of a journal or SQLite storage (``None`` for a database server)."""
     found = kind(url)
     if found == "journal":
-        return Path(url.removeprefix("file://")).expanduser().resolve()
+        return Path(url.removeprefix(NFS_PREFIX).removeprefix("file://")).expanduser().resolve()
     if found == "sqlite":
         return Path(url.removeprefix("sqlite:///")).expanduser().resolve()
     return None
 
 
-class FlockLock:
+class _Holdable:
+    """``with lock.held():`` for a lock with ``acquire``/``release``."""
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            self.release()  # type: ignore[attr-defined]
+
+
+class FlockLock(_Holdable):
     """An ``fcntl.flock`` lock on ``path``, released by the kernel when the holder dies. Has
     the ``acquire``/``release`` interface of Optuna's journal file locks."""
 
@@ -81,26 +109,50 @@ class FlockLock:
         if fd is not None:
             os.close(fd)  # closing drops the flock
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
 
 
-def lock_beside(path: Path, purpose: str) -> FlockLock:
-    """The lock file ``<path>.<purpose>.lock`` (created on first use)."""
+class NfsLock(_Holdable, JournalFileOpenLock):
+    """Optuna's NFS-safe lock (an ``O_EXCL`` lock file, broken after :data:`NFS_GRACE_S` of
+    silence), whose holder touches the file every few seconds from a thread, so a long
+    hold (filling a queue of 1,000 configs) is never taken for a dead one. Same interface
+    as :class:`FlockLock`."""
+
+    def __init__(self, path: Path):
+        super().__init__(str(path), grace_period=NFS_GRACE_S)
+        self._stop = threading.Event()
+
+    def acquire(self) -> bool:
+        super().acquire()
+        self._stop = threading.Event()
+        threading.Thread(target=self._refresh, args=(self._stop,), name="nfstudy-nfs-lock", daemon=True).start()
+        return True
+
+    def _refresh(self, stop: threading.Event) -> None:
+        while not stop.wait(NFS_GRACE_S / 6):
+            with contextlib.suppress(OSError):
+                os.utime(self._lock_file)
+
+    def release(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(RuntimeError):  # broken by another process: nothing left to release
+            super().release()
+
+
+
+def lock_beside(path: Path, purpose: str, nfs: bool = False) -> FlockLock | NfsLock:
+    """The lock file ``<path>.<purpose>.lock`` (created on first use; ``nfs``: an
+    :class:`NfsLock`, whose file exists only while it is held)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if nfs:
+        return NfsLock(path.with_name(f"{path.name}.{purpose}"))  # Optuna adds ".lock"
     return FlockLock(path.with_name(f"{path.name}.{purpose}.lock"))
 
 
 class _RepairingJournal(JournalFileBackend):
     """A journal whose appends first cut off a torn last line (under the append lock)."""
 
-    def __init__(self, path: Path):
-        self._flock = FlockLock(path.with_name(path.name + ".lock"))
+    def __init__(self, path: Path, nfs: bool = False):
+        self._flock = NfsLock(path) if nfs else FlockLock(path.with_name(path.name + ".lock"))
         super().__init__(str(path), lock_obj=self._flock)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -155,9 +207,9 @@ def open_storage(url: str, *, create: bool) -> BaseStorage:
     if found == "journal":
         assert path is not None
         if not create and not path.is_file():
-            raise TrackingError(f"--storage '{url}': no queue journal there; start `nfstudy run` first")
+            raise TrackingError(f"--storage '{url}': no queue journal there; fill it first with `nfstudy enqueue` (or `nfstudy run`)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(_RepairingJournal(path))
+        return JournalStorage(_RepairingJournal(path, nfs=on_nfs(url)))
     try:
         if path is not None:  # SQLite: one process creates the schema, the others wait for it
             with lock_beside(path, "schema").held():

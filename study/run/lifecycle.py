@@ -108,11 +108,11 @@ def _closed(ended: Ended, close: Callable[[], None]) -> Ended:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ignore Ctrl-C and SIGTERM for the block (main thread only): bookkeeping finishes."""
+    """Ignore Ctrl-C, SIGTERM and SIGUSR1 for the block (main thread only): bookkeeping finishes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         yield
     finally:

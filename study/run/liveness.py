@@ -65,9 +65,13 @@ def process_alive(pid: int) -> bool:
 
 
 def owner_record() -> dict[str, Any]:
-    """This process as the owner of a trial."""
-    return {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname(),
-            "stale_after_s": 6 * HEARTBEAT_S}
+    """This process as the owner of a trial (with its Slurm job, for ``nfstudy status``)."""
+    record = {"host": host_id(), "pid": os.getpid(), "name": socket.gethostname(), "stale_after_s": 6 * HEARTBEAT_S}
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        record["job"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    elif os.environ.get("SLURM_JOB_ID"):
+        record["job"] = os.environ["SLURM_JOB_ID"]
+    return record
 
 
 def owner_gone(owner: dict[str, Any] | None) -> bool:

@@ -137,7 +137,7 @@ class RunQueue:
         except KeyError:
             if not create:
                 raise TrackingError(f"--study '{study}': no queue in storage '{redact(self.url)}'; "
-                                    f"start `nfstudy run {study} --storage URL` first") from None
+                                    f"fill it first: `nfstudy enqueue {study} --storage URL` (or `nfstudy run`)") from None
             self.study_id = self._retry(self._create)
         except TrackingError:
             raise
@@ -212,7 +212,7 @@ class RunQueue:
         """
         path = optuna_storage.local_file(self.url)
         if path is not None:
-            with optuna_storage.lock_beside(path, "enqueue").held():
+            with optuna_storage.lock_beside(path, "enqueue", nfs=optuna_storage.on_nfs(self.url)).held():
                 yield
             return
         import sqlalchemy

@@ -3,8 +3,9 @@
 The same loop runs in ``nfstudy worker`` (another machine, or a process of ``nfstudy run
 --workers N``) and in-process for ``nfstudy run --workers 1``. Each claimed config beats
 from the claim on, is skipped when MLflow has it FINISHED already (exactly once), and is
-otherwise trained as one child run (:func:`study.run.lifecycle.run_child`). Ctrl-C or
-SIGTERM closes the run KILLED and puts its config back in the queue. Every worker also
+otherwise trained as one child run (:func:`study.run.lifecycle.run_child`). Ctrl-C,
+SIGTERM or SIGUSR1 (Slurm's warning before a time limit) closes the run KILLED and puts its
+config back in the queue. Every worker also
 recovers the runs of dead workers (:func:`recover_lost`), between runs and, while it
 trains, from its heartbeat thread.
 """
@@ -154,6 +155,8 @@ def run_worker(
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        # Slurm's warning before a time limit or preemption (sbatch --signal=B:USR1@SECONDS).
+        signal.signal(signal.SIGUSR1, _terminate_as_interrupt)
     summary, pause, next_scan = WorkerSummary(), POLL_S, 0.0
     try:
         while True:
