@@ -30,6 +30,7 @@ _PUBLIC = {
     "build_model": "study.models",
     "list_models": "study.models",
     "register_model": "study.models",
+    "register_dataset": "study.data",
     "adaptive_grad_clip_": "study.optim.agc",
     "NfstudyError": "study.errors",
     "ConfigError": "study.errors",
@@ -37,7 +38,8 @@ _PUBLIC = {
 
 __all__ = [
     "ConfigError", "NfstudyError", "RunConfig", "StudySpec", "adaptive_grad_clip_", "build_model", "expand",
-    "list_models", "list_studies", "load_study", "make_config", "plan", "register_model", "train",
+    "list_models", "list_studies", "load_study", "make_config", "plan", "register_dataset", "register_model",
+    "train",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from study.config.run_config import RunConfig, make_config
     from study.config.study_file import StudySpec, list_studies, load_study
     from study.errors import ConfigError, NfstudyError
+    from study.data import register_dataset
     from study.models import build_model, list_models, register_model
     from study.optim.agc import adaptive_grad_clip_
     from study.train.trainer import train

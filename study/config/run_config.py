@@ -23,8 +23,10 @@ HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_wo
 
 
 def _legacy_classifier_init_std(config: "RunConfig") -> float:
-    from study.models import legacy_classifier_init_std
+    from study.models import legacy_classifier_init_std, list_models
 
+    if config.model.name not in list_models():  # timm/<name>: no runs before the key existed
+        return 0.01
     return legacy_classifier_init_std(config.model.name)
 
 
@@ -64,7 +66,8 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = "nf_resnet_small"
-    """Registered model name (``nfstudy list-models`` / ``study.models.list_models()``)."""
+    """Registered model name (``study.models.list_models()``, plugins' included), or
+    ``timm/<name>`` for any timm model (``pip install 'nfstudy[timm]'``; random weights)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Dropout before the classifier; ``None`` = the variant's default (NFNet-F0: 0.2)."""
     stochastic_depth: float | None = Field(None, ge=0.0, lt=1.0)
@@ -99,17 +102,24 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from study.models import list_models
+        from study.models import known_model, list_models
 
+        try:
+            if known_model(name):
+                return name
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("model.name: ")) from None
         names = list_models()
-        if name not in names:
-            raise ValueError(f"unknown model '{name}'{did_you_mean(name, names)}; registered: {', '.join(names)}")
-        return name
+        raise ValueError(f"unknown model '{name}'{did_you_mean(name, names)}; registered: {', '.join(names)}, or "
+                         "timm/<name> (timm's models), or your own through a plugin (README, \"Your own model "
+                         "and data\")")
 
 
 class DataConfig(_Section):
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
-    """Data set. ``digits`` is embedded (scikit-learn), the others load from ``root``."""
+    name: str = "digits"
+    """Data set: ``digits`` (embedded, scikit-learn), ``fake`` (generated), ``cifar10``,
+    ``cifar100``, ``imagefolder`` (from ``root``), or your own: ``python:pkg.module:factory``
+    or a name a plugin registered (:mod:`study.data.python`)."""
     root: str | None = None
     """Data set directory. Never downloads unless ``download`` is true. Machine-local: not in
     the config hash (``id`` stands for the contents)."""
@@ -167,6 +177,17 @@ class DataConfig(_Section):
     num_examples: int | None = Field(None, gt=0)
     """``fake`` only: how many synthetic training images."""
 
+    @field_validator("name")
+    @classmethod
+    def _known_data(cls, name: str) -> str:
+        from study.data.python import check_data_name
+
+        try:
+            check_data_name(name)
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("data.name: ")) from None
+        return name
+
     @field_validator("randaugment", mode="before")
     @classmethod
     def _magnitude(cls, value: Any) -> Any:
@@ -178,8 +199,9 @@ class DataConfig(_Section):
 
     @property
     def on_disk(self) -> bool:
-        """Whether the data set is read from ``root`` (digits is embedded, fake generated)."""
-        return self.name in ON_DISK_DATA
+        """Whether the data set is read from ``root`` (digits is embedded, fake generated; your
+        own data set is when it has a ``root``)."""
+        return self.name in ON_DISK_DATA or (self.root is not None and self.name not in ("digits", "fake"))
 
 
 class TrainConfig(_Section):

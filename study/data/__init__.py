@@ -18,7 +18,10 @@ import torch
 
 from study.config.run_config import DataConfig
 from study.data.augment import Mixing
+from study.data.python import BUILTIN, build_python_data, list_datasets, register_dataset
 from study.errors import DataError
+
+__all__ = ["DataBundle", "build_data", "list_datasets", "register_dataset"]
 
 EVAL_BATCH_SIZE = 500
 DEFAULT_IMAGE_SIZE = 224  # ImageFolder training resolution for models without their own
@@ -68,6 +71,8 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
     """
     from study.data.gpu_loader import DeviceLoader, channel_stats
 
+    if cfg.name not in BUILTIN:  # python:pkg.module:factory, or a plugin's registered name
+        return build_python_data(cfg, batch_size, device, seed, channels_last, rank, world_size)
     if cfg.name == "imagefolder":
         return _imagefolder(cfg, batch_size, device, seed, channels_last, model_name, rank, world_size)
     if cfg.name == "digits":
