@@ -46,8 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from study.config.expand import expand, plan
     from study.config.run_config import RunConfig, make_config
     from study.config.study_file import StudySpec, list_studies, load_study
-    from study.errors import ConfigError, NfstudyError
     from study.data import register_dataset
+    from study.errors import ConfigError, NfstudyError
     from study.models import build_model, list_models, register_model
     from study.optim.agc import adaptive_grad_clip_
     from study.train.trainer import train

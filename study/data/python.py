@@ -21,7 +21,6 @@ largest training label + 1.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -156,7 +155,7 @@ def _is_tensor_pair(split: Any) -> bool:
 
 
 def _device_bundle(cfg, splits, batch_size, device, seed, channels_last, rank, world_size):
-    from study.data import DataBundle, EVAL_BATCH_SIZE
+    from study.data import EVAL_BATCH_SIZE, DataBundle
     from study.data.augment import Mixing
     from study.data.gpu_loader import DeviceLoader, channel_stats
 
