@@ -1,4 +1,4 @@
-"""Write a small ImageFolder to try the example on: ``python examples/make_shapes.py shapes``.
+"""Write a small ImageFolder to try the example on: ``python examples/make_shapes.py shapes [PER_CLASS]``.
 
 Three classes (square, disc, cross) of coloured shapes on noise, 32×32 PNGs, 120 per class.
 """
@@ -33,4 +33,4 @@ def main(root: str, per_class: int = 120) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2] or ["shapes"])
+    main(sys.argv[1] if len(sys.argv) > 1 else "shapes", *(int(n) for n in sys.argv[2:3]))
