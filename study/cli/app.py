@@ -27,22 +27,38 @@ console = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
 err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
 
 # -- options shared by several commands: one definition each --------------------------------
-StudyArg = Annotated[str, typer.Argument(help="Study name or path to a study YAML file.")]
+StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help="Study name or path to a study YAML file.")]
 PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", help="Run the study at another scale: swap its base preset (smoke, digits, cifar10, imagenet); "
-    "the preset's caps bound every run (smoke: 4 steps).")]
+    "--preset", metavar="NAME", help="Run the study at another scale: swap its base preset (smoke, digits, "
+    "cifar10, imagenet); the preset's caps bound every run (smoke: 4 steps).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a config key for every run, e.g. --set agc.clipping=0.02 (repeatable); on a grid key "
-    "it replaces the axis by that one value.")]
+    "--set", metavar="KEY=VALUE", help="Override a config key for every run, e.g. --set agc.clipping=0.02 "
+    "(repeatable); on a grid key it replaces the axis by that one value.")]
+SweepOpt = Annotated[Optional[list[str]], typer.Option(
+    "--sweep", metavar="KEY=V1,V2", help="A grid axis from the command line (Hydra's comma list), e.g. --sweep "
+    "agc.clipping=0.01,0.02: replaces the study's axis of that key, or adds one; runs are named by it "
+    "(repeatable).")]
+SeedsOpt = Annotated[Optional[str], typer.Option(
+    "--seeds", metavar="SEEDS", help="Replace the study's seeds, e.g. --seeds 0-4 or --seeds 0,1,2 (every arm "
+    "gets the same seeds: arms stay paired).")]
+AddSeedsOpt = Annotated[int, typer.Option(
+    "--add-seeds", metavar="INTEGER", min=0, help="Add this many new seeds after the study's last (arms stay "
+    "paired).")]
+OnlyOpt = Annotated[Optional[list[str]], typer.Option(
+    "--only", metavar="ARM|HASH|#", help="Only these runs: an arm, a config hash or a run's # in `nfstudy show` "
+    "(repeatable).")]
+ImportOpt = Annotated[Optional[list[str]], typer.Option(
+    "--import", metavar="MODULE", help="Import this module first (a plugin that registers your models and data "
+    "sets); every worker process imports it too (repeatable).")]
 TrackingOpt = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI, e.g. http://HOST:5000 (default: $MLFLOW_TRACKING_URI, else "
-    "$NFSTUDY_HOME/mlflow.db).")]
+    "--tracking-uri", metavar="URI", help="MLflow tracking URI, e.g. http://HOST:5000 (default: "
+    "$MLFLOW_TRACKING_URI, else $NFSTUDY_HOME/mlflow.db).")]
 QueueOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help="The run queue's storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines, or a "
-    "journal file path (default: $NFSTUDY_STORAGE, else $NFSTUDY_HOME/queue.journal).")]
+    "--storage", metavar="URL", help="The run queue's storage (Optuna): postgresql://USER@HOST:PORT/DB for many "
+    "machines, or a journal file path (default: $NFSTUDY_STORAGE, else $NFSTUDY_HOME/queue.journal).")]
 SearchStorageOpt = Annotated[Optional[str], typer.Option(
-    "--search-storage", help="The searches' storage (Optuna): postgresql://USER@HOST:PORT/DB for many machines "
-    "(default: $NFSTUDY_SEARCH_STORAGE, else $NFSTUDY_STORAGE, else $NFSTUDY_HOME/optuna.db).")]
+    "--search-storage", metavar="URL", help="The searches' storage (Optuna): postgresql://USER@HOST:PORT/DB for "
+    "many machines (default: $NFSTUDY_SEARCH_STORAGE, else $NFSTUDY_STORAGE, else $NFSTUDY_HOME/optuna.db).")]
 OldStorageOpt = Annotated[Optional[str], typer.Option("--storage", hidden=True)]
 
 
@@ -57,12 +73,20 @@ def _search_storage(command: str, storage: Optional[str], old: Optional[str]) ->
     return storage if storage is not None else old
 
 
-def _plan(name: str, preset: Optional[str], sets: Optional[list[str]]):
-    from study.config.expand import parse_overrides, plan
+def _plan(name: str, preset: Optional[str], sets: Optional[list[str]], sweeps: Optional[list[str]] = None,
+          seeds: Optional[str] = None, add_seeds: int = 0, imports: Optional[list[str]] = None):
+    """The study and its runs as the command line describes them: plugins imported, then the
+    study file, ``--sweep``/``--seeds``/``--add-seeds`` axes, ``--preset`` and ``--set``."""
+    from study.config.expand import parse_overrides, parse_seeds, parse_sweeps, plan, with_axes
     from study.config.study_file import load_study
+    from study.plugins import use_plugins
 
-    spec = load_study(name)
-    return spec, plan(spec, preset=preset, overrides=parse_overrides(sets))
+    use_plugins(imports or [], folder=os.getcwd() if imports else None)
+    overrides, swept = parse_overrides(sets), parse_sweeps(sweeps)
+    if both := sorted(set(overrides) & set(swept)):
+        raise ConfigError(f"--set and --sweep both give {', '.join(both)}: keep one (--set KEY=V is --sweep KEY=V)")
+    spec = with_axes(load_study(name), swept, parse_seeds(seeds), add_seeds)
+    return spec, plan(spec, preset=preset, overrides=overrides)
 
 
 def _notes(spec, runs, preset: Optional[str]) -> None:
@@ -118,16 +142,21 @@ def show(
     name: StudyArg,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    sweep: SweepOpt = None,
+    seeds: SeedsOpt = None,
+    add_seeds: AddSeedsOpt = 0,
+    imports: ImportOpt = None,
     tracking_uri: TrackingOpt = None,
     config: Annotated[Optional[str], typer.Option(
-        "--config", help="Print one run's resolved config (its # in the table, or its config hash).")] = None,
+        "--config", metavar="#|HASH", help="Print one run's resolved config (its # in the table, or its config "
+        "hash).")] = None,
 ) -> None:
     """The expanded runs of a study (arm, grid values, seed, hash) and what is recorded of them."""
     from study import paths
     from study.cli.preflight import check_tracking
     from study.run.run_cache import open_tracking, survey
 
-    spec, runs = _plan(name, preset, set_)
+    spec, runs = _plan(name, preset, set_, sweep, seeds, add_seeds, imports)
     if config is not None:
         _print_config(runs, config)
         return
@@ -163,6 +192,13 @@ def run(
     name: StudyArg,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    sweep: SweepOpt = None,
+    seeds: SeedsOpt = None,
+    add_seeds: AddSeedsOpt = 0,
+    only: OnlyOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Train the chosen runs (--only, else all) again even if "
+                                        "done; the old runs stay in MLflow, tagged nfstudy.role=superseded.")] = False,
+    imports: ImportOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks and say what it "
                                           "would do (train, copy, reuse); train and write nothing.")] = False,
     tracking_uri: TrackingOpt = None,
@@ -184,6 +220,7 @@ def run(
     `nfstudy worker` on other machines train them. Ctrl-C stops cleanly (exit 130)."""
     from study import paths
     from study.cli.progress import RunProgress
+    from study.config.expand import select
     from study.record.study_parent import record_study
     from study.record.tracking import Tracking
     from study.run.coordinator import execute
@@ -193,10 +230,13 @@ def run(
     if reuse_stale and rerun_stale:
         raise ConfigError("--reuse-stale and --rerun-stale exclude each other: keep stale runs, or train them again")
     policy = Stale.REUSE if reuse_stale else Stale.RERUN if rerun_stale else Stale.STOP
-    spec, runs = _plan(name, preset, set_)
+    spec, planned = _plan(name, preset, set_, sweep, seeds, add_seeds, imports)
+    runs = select(planned, only)
     check_placement(workers, nproc_per_node, {r.config.train.device for r in runs}, visible_gpus())
     _preflight(runs, tracking_uri, storage)
     found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs, policy)
+    if force:
+        found = found.forced_again()
     if dry_run:
         _print_dry_run(spec, runs, found)
         _notes(spec, runs, preset)
@@ -209,14 +249,14 @@ def run(
     with RunProgress(console, spec.name, len(runs), workers) as progress:
         def prepared(ready) -> None:
             try:
-                record_study(tracking, ready.parent_id, spec, runs, scale)
+                record_study(tracking, ready.parent_id, spec, planned, scale)
             except Exception as err:  # noqa: BLE001 - the runs matter more than their summary
                 err_console.print(f"warning: the study file and plan were not logged on the parent run: {err}")
             progress.on_prepared(ready)
 
         summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=prepared,
                           on_progress=progress.on_progress, on_event=progress.on_event, on_epoch=progress.on_epoch,
-                          nproc_per_node=nproc_per_node, stale=policy)
+                          nproc_per_node=nproc_per_node, stale=policy, force=force)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
                   + (f"{len(summary.failed)} not finished (interrupted; the next run resumes)" if summary.interrupted
                      else f"{len(summary.failed)} failed") + f", {summary.done_before} were already done")

@@ -53,6 +53,13 @@ class Survey:
     unknown: dict[str, str] = field(default_factory=dict)
     """FINISHED in this study before code fingerprints were recorded."""
     policy: Stale = Stale.STOP
+    forced: set[str] = field(default_factory=set)
+    """``--force``: hashes to train again whatever is recorded (their FINISHED runs superseded)."""
+
+    def forced_again(self) -> Survey:
+        """The survey ``--force`` acts on: nothing done, copied or stale; every run recorded
+        of the plan is superseded and trained again."""
+        return Survey(total=self.total, policy=self.policy, forced={*self.done, *self.stale, *self.unknown})
 
     @property
     def kept(self) -> set[str]:
@@ -70,7 +77,8 @@ class Survey:
         """``"3 done, 2 stale reused, 4 copied from other studies, 3 to run"``: one line, the
         same from ``--dry-run`` and from the run itself."""
         old = len(self.stale) + len(self.unknown)
-        parts = [f"{len(self.done)} done"]
+        parts = [f"{len(self.done)} done"] + ([f"{len(self.forced)} done but forced (superseded)"]
+                                                if self.forced else [])
         if old:
             unknown = f", {len(self.unknown)} of them unfingerprinted" if self.unknown else ""
             verb = {Stale.REUSE: "reused", Stale.RERUN: "superseded", Stale.STOP: "found"}[self.policy]
@@ -140,11 +148,14 @@ def survey(tracking: Tracking | None, study: str, runs: list[PlannedRun], policy
     return found
 
 
-def supersede(tracking: Tracking, found: Survey) -> int:
+def supersede(tracking: Tracking, found: Survey, experiment_id: str | None = None) -> int:
     """``--rerun-stale``: re-tag the plan's stale runs ``nfstudy.role=superseded`` so that no
-    query for results sees them and their configs are trained again; returns how many."""
-    if found.policy != Stale.RERUN:
-        return 0
-    for run_id in {**found.stale, **found.unknown}.values():
+    query for results sees them and their configs are trained again; ``--force``: the same
+    for every FINISHED run of the forced hashes in ``experiment_id``. Returns how many."""
+    ids = set({**found.stale, **found.unknown}.values()) if found.policy == Stale.RERUN else set()
+    if found.forced and experiment_id is not None:
+        ids |= {run.info.run_id for run in tracking.finished_runs([experiment_id])
+                if run.data.tags.get(HASH) in found.forced}
+    for run_id in ids:
         tracking.client.set_tag(run_id, ROLE, SUPERSEDED)
-    return len(found.stale) + len(found.unknown)
+    return len(ids)
