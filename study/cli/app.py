@@ -17,9 +17,10 @@ from rich.console import Console
 from rich.table import Column, Table
 from typer.exceptions import TyperException
 
+from study.cli.examples import epilog
 from study.errors import ConfigError, NfstudyError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode="rich",
                   help="Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow.")
 # Plain text everywhere: names, paths and URLs hold '[' and ':' that rich would read as
 # markup or emoji codes. Long lines (paths, URLs) stay whole, as print() leaves them.
@@ -27,7 +28,7 @@ console = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
 err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
 
 # -- options shared by several commands: one definition each --------------------------------
-StudyArg = Annotated[str, typer.Argument(metavar="STUDY", help="Study name or path to a study YAML file.")]
+StudyArg = Annotated[str, typer.Argument(help="Study name or path to a study YAML file.")]
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", metavar="NAME", help="Run the study at another scale: swap its base preset (smoke, digits, "
     "cifar10, imagenet); the preset's caps bound every run (smoke: 4 steps).")]
@@ -60,6 +61,24 @@ SearchStorageOpt = Annotated[Optional[str], typer.Option(
     "--search-storage", metavar="URL", help="The searches' storage (Optuna): postgresql://USER@HOST:PORT/DB for "
     "many machines (default: $NFSTUDY_SEARCH_STORAGE, else $NFSTUDY_STORAGE, else $NFSTUDY_HOME/optuna.db).")]
 OldStorageOpt = Annotated[Optional[str], typer.Option("--storage", hidden=True)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from study import __version__
+
+        console.print(f"nfstudy {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print nfstudy's version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error instead of one line "
+                                        "(anywhere on the command line).")] = False,
+) -> None:
+    """Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow."""
 
 
 def _search_storage(command: str, storage: Optional[str], old: Optional[str]) -> Optional[str]:
@@ -103,7 +122,7 @@ def _notes(spec, runs, preset: Optional[str]) -> None:
                       f"(the study asks {', '.join(sorted(values))}; --set {key}=N overrides)")
 
 
-@app.command("list")
+@app.command("list", epilog=epilog("list"))
 def list_cmd() -> None:
     """The studies on the search path with their run counts (tab-separated when piped)."""
     from study.config.expand import plan
@@ -137,7 +156,7 @@ def _print_list(rows: list[tuple[str, ...]], out: Console) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(epilog=epilog("show"))
 def show(
     name: StudyArg,
     preset: PresetOpt = None,
@@ -187,7 +206,7 @@ def _print_config(runs, which: str) -> None:
     console.print(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
-@app.command()
+@app.command(epilog=epilog("run"))
 def run(
     name: StudyArg,
     preset: PresetOpt = None,
@@ -312,7 +331,7 @@ def _sync_spool(tracking) -> None:
         console.print(f"sync: {summary.uploaded} spooled runs uploaded, {summary.duplicates} duplicates dropped")
 
 
-@app.command()
+@app.command(epilog=epilog("sync"))
 def sync(tracking_uri: TrackingOpt = None) -> None:
     """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
     unreachable. Idempotent: a config already FINISHED is not recorded twice."""
@@ -328,7 +347,7 @@ def sync(tracking_uri: TrackingOpt = None) -> None:
     _sync_spool(Tracking(tracking_uri))
 
 
-@app.command()
+@app.command(epilog=epilog("ui"))
 def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[Optional[str], typer.Option(help="Interface to bind (default 127.0.0.1). Anything else opens "
@@ -354,7 +373,7 @@ def ui(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=epilog("worker"))
 def worker(
     study: Annotated[str, typer.Option("--study", help="The study whose queue to join (its name; no study file "
                                        "needed).")],
@@ -369,6 +388,7 @@ def worker(
                                          "this process.")] = 1,
     plan: Annotated[Optional[str], typer.Option(hidden=True, help="Train only this plan's configs (a local "
                                                 "coordinator's).")] = None,
+    imports: ImportOpt = None,
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
@@ -379,11 +399,13 @@ def worker(
 
     from study import paths
     from study.cli import preflight
+    from study.plugins import use_plugins
     from study.record.tracking import Tracking
     from study.run.coordinator import run_local_workers
     from study.run.queue import RunQueue, storage_url
     from study.run.worker import run_worker
 
+    use_plugins(imports or [], folder=os.getcwd() if imports else None)  # the study file's plugins: are not here
     # A wrong URL is one line and exit 2 within seconds; an outage later is ridden out.
     preflight.check_storage(storage_url(storage))
     preflight.check_tracking(paths.tracking_uri(tracking_uri))
@@ -414,7 +436,7 @@ def worker(
         raise KeyboardInterrupt
 
 
-@app.command()
+@app.command(epilog=epilog("search"))
 def search(
     name: Annotated[str, typer.Argument(help="Study name or path to a study YAML file with a 'search:' section.")],
     trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to add to the search.")] = 20,
@@ -468,7 +490,7 @@ def search(
                       f"(MLflow experiment '{plan.experiment}', parent run {result.parent_run_id})")
 
 
-@app.command()
+@app.command(epilog=epilog("report"))
 def report(
     name: Annotated[Optional[str], typer.Argument(help="Study name or path to a study YAML file.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Report every study on the search path and write an index "
@@ -608,7 +630,7 @@ def _signal_propagation(spec, need):
     return pd.concat(frames, ignore_index=True)
 
 
-@app.command()
+@app.command(epilog=epilog("bench"))
 def bench(
     json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     device: str = typer.Option("cpu", help="cpu or cuda: where every figure is measured."),
@@ -651,7 +673,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: runs the app, turning bad input into one line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    args = [a for a in args if a != "--debug"] or ["--help"]  # a bare `nfstudy` prints the help
     try:
         # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
         code = app(args=args, prog_name="nfstudy", standalone_mode=False)
@@ -671,6 +693,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (click.exceptions.ClickException, TyperException) as err:  # typer ≥ 0.20 vendors click
         if debug:
             raise
+        ctx = getattr(err, "ctx", None)
+        param = getattr(err, "param", None)  # typer ≥ 0.20's vendored click has its own exception classes
+        if type(err).__name__ == "MissingParameter" and getattr(param, "param_type_name", "") == "argument" \
+                and ctx is not None:
+            err_console.print(ctx.get_usage())  # what the command takes, as click prints it
+            err_console.print(f"error: {_one_line(err.format_message())} (nfstudy {ctx.info_name} --help: "
+                              "every option, with examples)")
+            return 2
         err_console.print(f"error: {_one_line(err.format_message())}")
         return 2
     return code if isinstance(code, int) else 0
