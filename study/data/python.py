@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from study.errors import ConfigError, DataError
+from study.errors import ConfigError, DataError, did_you_mean
 
 PREFIX = "python:"
 BUILTIN = ("digits", "cifar10", "cifar100", "imagefolder", "fake")
@@ -96,9 +96,9 @@ def factory(name: str) -> Callable[..., Any]:
             raise ConfigError(f"data.name={name}: module {module} has no function {attr!r}")
         return found
     if name not in list_datasets():
-        registered = ", ".join([*BUILTIN, *list_datasets()])
-        raise ConfigError(f"data.name: unknown data set {name!r}; allowed: {registered}, or "
-                          "python:package.module:function")
+        known = [*BUILTIN, *list_datasets()]
+        raise ConfigError(f"data.name: unknown data set {name!r}{did_you_mean(name, known)}; allowed: "
+                          f"{', '.join(map(repr, known))}, or python:package.module:function")
     return _FACTORIES[name]
 
 
