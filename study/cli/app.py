@@ -108,41 +108,92 @@ def _plan(name: str, preset: Optional[str], sets: Optional[list[str]], sweeps: O
     return spec, plan(spec, preset=preset, overrides=overrides)
 
 
-def _notes(spec, runs, preset: Optional[str]) -> None:
+def _notes(spec, runs, preset: Optional[str], caps: Optional[list[str]] = None) -> None:
     """The study's warnings (stderr) and the caps a ``--preset`` applied (stdout)."""
     for line in spec.warnings:
         err_console.print(f"warning: {line}")
+    for line in _cap_notes(runs, preset) if caps is None else caps:
+        console.print(line)
+
+
+def _cap_notes(runs, preset: Optional[str]) -> list[str]:
+    """One line per key a ``--preset`` capped: the cap and what the study asks."""
     asked: dict[str, set] = {}
     for run in runs:
         for key, value in run.capped.items():
             asked.setdefault(key, set()).add(str(value))
+    lines = []
     for key, values in asked.items():
         cap = next(run.config.flat()[key] for run in runs if key in run.capped)
-        console.print(f"note: --preset {preset} caps {key} at {cap} "
-                      f"(the study asks {', '.join(sorted(values))}; --set {key}=N overrides)")
+        lines.append(f"note: --preset {preset} caps {key} at {cap} "
+                     f"(the study asks {', '.join(sorted(values))}; --set {key}=N overrides)")
+    return lines
 
 
 @app.command("list", epilog=epilog("list"))
-def list_cmd() -> None:
-    """The studies on the search path with their run counts (tab-separated when piped)."""
-    from study.config.expand import plan
-    from study.config.study_file import hidden_studies, list_studies, load_study
+def list_cmd(
+    tracking_uri: TrackingOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per study, one per line.")] = False,
+) -> None:
+    """The studies on the search path with their runs done/total (tab-separated when piped)."""
+    import json
 
+    from study import paths
+    from study.cli.store_reader import finished_runs
+    from study.config.study_file import hidden_studies, list_studies
+
+    uri = paths.tracking_uri(tracking_uri)
+    recorded = finished_runs(uri)
     rows = []
     for name in list_studies():
-        spec = load_study(name)
-        rows.append((name, str(len(plan(spec))), spec.paper or "", " ".join(spec.description.split())))
-    _print_list(rows, console)
+        cached = _cached_plan(name)
+        done = _done(uri, recorded, cached)
+        rows.append({"study": name, "runs": len(cached.runs), "done": done, "paper": cached.paper,
+                     "description": " ".join(cached.description.split())})
+    if json_:
+        for row in rows:
+            console.file.write(json.dumps(row) + "\n")
+    else:
+        _print_list([(r["study"], str(r["runs"]), "" if r["done"] is None else f"{r['done']}/{r['runs']}",
+                      r["paper"] or "", r["description"]) for r in rows], console)
     for hidden, by in hidden_studies().items():
         err_console.print(f"note: {by} hides {hidden} (same name)")
+
+
+def _cached_plan(name: str, preset: Optional[str] = None, sets: Optional[list[str]] = None,
+                 sweeps: Optional[list[str]] = None, seeds: Optional[str] = None, add_seeds: int = 0):
+    """The study's plan as ``list`` and ``show`` print it, from :mod:`study.cli.plan_cache`."""
+    from study.cli.plan_cache import cached_plan
+
+    def notes(runs) -> list[str]:
+        return _cap_notes(runs, preset)
+
+    return cached_plan(name, lambda: _plan(name, preset, sets, sweeps, seeds, add_seeds), notes,
+                       [preset, sets, sweeps, seeds, add_seeds])
+
+
+def _done(uri: str, recorded, cached) -> Optional[int]:
+    """How many of the plan's runs this study has FINISHED by this code (``None``: the
+    store cannot be read now)."""
+    from study.cli.store_reader import survey_sqlite
+
+    found = survey_sqlite(uri, cached.name, cached.runs, recorded=recorded)
+    if found is None:
+        from study.run.run_cache import open_tracking, survey
+
+        try:
+            found = survey(open_tracking(uri), cached.name, cached.runs)
+        except Exception:  # noqa: BLE001 - a list is still worth printing without counts
+            return None
+    return len(found.done)
 
 
 def _print_list(rows: list[tuple[str, ...]], out: Console) -> None:
     """A table at a terminal; one tab-separated line per study otherwise (scripts read
     whole names). Names, counts and papers are never cut: only descriptions are shortened to
     fit, and a terminal too narrow even for that gets the lines too."""
-    headers = ("study", "runs", "paper", "description")
-    widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(3)]
+    headers = ("study", "runs", "done", "paper", "description")
+    widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(4)]
     room = out.width - sum(widths) - (3 * len(headers) + 1)  # borders and padding
     if not out.is_terminal or room < 12:
         for row in rows:  # not through rich, which would expand the tabs
@@ -169,29 +220,49 @@ def show(
     config: Annotated[Optional[str], typer.Option(
         "--config", metavar="#|HASH", help="Print one run's resolved config (its # in the table, or its config "
         "hash).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the plan and its state as one JSON object.")] = False,
 ) -> None:
     """The expanded runs of a study (arm, grid values, seed, hash) and what is recorded of them."""
     from study import paths
-    from study.cli.preflight import check_tracking
-    from study.run.run_cache import open_tracking, survey
+    from study.cli.store_reader import survey_sqlite
+    from study.record.stores import check_tracking  # not through preflight, which imports torch
 
-    spec, runs = _plan(name, preset, set_, sweep, seeds, add_seeds, imports)
     if config is not None:
-        _print_config(runs, config)
+        _print_config(_plan(name, preset, set_, sweep, seeds, add_seeds, imports)[1], config)
         return
+    if imports:  # a plugin decides the plan: never from the cache
+        from study.cli.plan_cache import fresh_plan
+
+        cached = fresh_plan(*_plan(name, preset, set_, sweep, seeds, add_seeds, imports), _cap_notes, preset)
+    else:
+        cached = _cached_plan(name, preset, set_, sweep, seeds, add_seeds)
     uri = paths.tracking_uri(tracking_uri)
     check_tracking(uri)  # a dead server is one line, not a traceback
-    found = survey(open_tracking(uri), spec.name, runs)
+    found = survey_sqlite(uri, cached.name, cached.runs)
+    if found is None:
+        from study.run.run_cache import open_tracking, survey
+
+        found = survey(open_tracking(uri), cached.name, cached.runs)
     state = {**{h: "stale" for h in (*found.stale, *found.unknown)}, **{h: "copy" for h in found.copies},
              **{h: "yes" for h in found.done}}
-    table = Table("#", "arm", *spec.grid, "seed", "hash", "done", title=f"{spec.name}: {len(runs)} runs")
-    for i, run in enumerate(runs):
-        table.add_row(str(i), run.arm or "-", *(str(v) for v in run.point.values()), str(run.seed),
+    if json_:
+        import json
+
+        console.file.write(json.dumps({
+            "study": cached.name, "runs": [{"#": i, "arm": run.arm, **run.point, "seed": run.seed, "name": run.name,
+                                            "hash": run.config_hash, "done": state.get(run.config_hash, "")}
+                                           for i, run in enumerate(cached.runs)],
+            "done": len(found.done), "copies": len(found.copies), "stale": len(found.stale) + len(found.unknown),
+            "to_run": found.to_train, "total": found.total}) + "\n")
+        return
+    table = Table("#", "arm", *cached.grid, "seed", "hash", "done", title=f"{cached.name}: {len(cached.runs)} runs")
+    for i, run in enumerate(cached.runs):
+        table.add_row(str(i), run.arm or "-", *(str(run.point.get(k, "")) for k in cached.grid), str(run.seed),
                       run.config_hash, state.get(run.config_hash, ""))
     console.print(table)
     console.print(f"{found.summary()} (done: recorded by this code; copy: another study has it; stale: trained "
                   "by other code)")
-    _notes(spec, runs, preset)
+    _notes(cached, cached.runs, preset, cached.notes)
 
 
 def _print_config(runs, which: str) -> None:
@@ -639,7 +710,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: 1 on cpu, torch's on cuda)."),
     compile_: bool = typer.Option(False, "--compile", help="Also measure train.compile (a minute of compilation on a CPU)."),
     cifar_root: Optional[str] = typer.Option(None, help="Local CIFAR-10 copy for the time-to-94% figure (cuda; default: the cifar10 preset's data.root)."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Measure only these groups: framework, gpu, cifar (repeatable; gpu and cifar need --device cuda)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Measure only these groups: framework, gpu, cifar, cli (repeatable; gpu and cifar need --device cuda)."),
 ) -> None:
     """What the framework costs: each figure a ratio against a baseline measured in this run."""
     import json
