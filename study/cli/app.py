@@ -351,6 +351,8 @@ def run(
                   + (f"{len(summary.failed)} not finished (interrupted; the next run resumes)" if summary.interrupted
                      else f"{len(summary.failed)} failed") + f", {summary.done_before} were already done")
     if summary.interrupted:
+        done = summary.completed + summary.diverged + summary.done_before
+        console.print(f"{spec.name}: {done}/{len(runs)} done; run the same command to resume")
         raise KeyboardInterrupt
     for line in summary.failed:
         err_console.print(f"failed: {line}")
@@ -745,6 +747,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"] or ["--help"]  # a bare `nfstudy` prints the help
+    if not debug:  # MLflow's INFO lines ("Creating initial MLflow database tables...") are noise here
+        import logging
+
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # also for the workers this process starts
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     try:
         # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
         code = app(args=args, prog_name="nfstudy", standalone_mode=False)

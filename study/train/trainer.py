@@ -210,8 +210,8 @@ def train(
             metrics["val/top1_ema"] = evaluate(ema.module, data.val, precision.autocast)["top1"]
         if tracker is not None:
             tracker.log_metrics(metrics, epoch)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        if on_epoch is not None:  # with the run's length in epochs, for a progress bar's total
+            on_epoch(epoch, {**metrics, "epochs": schedule.epochs})
         checkpoints.after_epoch(epoch, step, metrics)
 
     val = {"top1": 1.0 / data.num_classes, "loss": float("nan")} if outcome == DIVERGED else val
