@@ -391,6 +391,10 @@ def _preflight(runs, tracking_uri: Optional[str], storage: Optional[str]) -> Non
     from study.run.queue import storage_url
 
     preflight.check_data(r.config for r in runs)
+    if any(r.config.train.system_metrics for r in runs):
+        from study.record.system_metrics import check_system_metrics
+
+        check_system_metrics()
     preflight.check_tracking(paths.tracking_uri(tracking_uri))
     preflight.check_storage(storage_url(storage))
 
