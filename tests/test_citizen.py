@@ -60,3 +60,19 @@ def test_a_search_names_its_trials_and_its_objective(study_file):
     assert run.info.run_name.startswith("trial-0/clipping=")
     names = [n for n in optuna.get_all_study_names(paths.optuna_storage()) if n.startswith("nfstudy-search:tiny")]
     assert optuna.load_study(study_name=names[0], storage=paths.optuna_storage()).metric_names == ["val/top1"]
+
+
+def test_run_study_returns_the_tidy_frame_and_raises_on_bad_input(study_file):
+    import pytest
+
+    import study
+    from study.errors import ConfigError
+
+    path = str(study_file(TINY.replace("train.steps: 30", "train.steps: 2")))
+    frame = study.run_study(path, seeds="0-1")
+    assert sorted(frame["seed"]) == [0, 1] and set(frame["arm"]) == {"agc"}
+    assert {"config_hash", "agc.clipping", "val/top1", "test/top1"} <= set(frame.columns)
+    again = study.run_study(path, seeds="0-1")  # nothing left to train: the same results
+    assert sorted(again["run_id"]) == sorted(frame["run_id"])
+    with pytest.raises(ConfigError, match="--seeds"):
+        study.run_study(path, seeds="4-1")
