@@ -532,6 +532,7 @@ def search(
 
     from study import paths
     from study.cli import preflight
+    from study.cli.progress import TrialProgress
     from study.config.expand import parse_overrides
     from study.config.study_file import load_study
     from study.record.tracking import Tracking
@@ -546,13 +547,14 @@ def search(
     console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"
                   + (f"; pinned by --set: {', '.join(pinned)}" if pinned else ""))
 
-    def on_trial(record) -> None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
-        value = "" if record.value is None else f" {plan.metric} {record.value:.3f}"
-        console.print(f"  trial {record.number}: {params} → {record.outcome}{value} "
-                      f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)")
+    with TrialProgress(console, trials) as progress:
+        def on_trial(record) -> None:
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
+            value = "" if record.value is None else f" {plan.metric} {record.value:.3f}"
+            progress.done(f"  trial {record.number}: {params} → {record.outcome}{value} "
+                          f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)")
 
-    result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
+        result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
     console.print(f"Optuna study {result.study_name} in {result.storage}: {result.existed} trials existed"
                   + (f" ({result.recovered} left RUNNING by a dead search process, now FAIL)" if result.recovered else "")
                   + f", {len(result.trials)} added")

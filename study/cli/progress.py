@@ -1,5 +1,6 @@
 """The progress display of ``nfstudy run``: a bar over the study's runs with an ETA, one over
-the current run's epochs (one local worker only), and a line per finished or failed run.
+the current run's epochs (one local worker only), and a line per finished or failed run;
+of ``nfstudy search``: a bar over the trials being added, and a line per trial.
 
 Not at a terminal (a log file, CI, ``nohup``) there are no bars: every line is plain and
 starts with the time, and each finished run says how many are done and the ETA.
@@ -95,3 +96,27 @@ class RunProgress:
                               description=f"  {self._run_name} | val/top1 {metrics['val/top1']:.3f}")
         if self.plain:
             self._print(f"  {self._run_name}: epoch {epoch + 1}/{total or '?'} val/top1 {metrics['val/top1']:.3f}")
+
+
+class TrialProgress:
+    """A bar over the trials ``nfstudy search`` adds (ETA included), a line per trial; plain
+    timestamped lines when not at a terminal."""
+
+    def __init__(self, console: Console, trials: int):
+        self.plain = not console.is_terminal and not console.is_jupyter
+        self._progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+                                  disable=self.plain)
+        self._task = self._progress.add_task("trials", total=trials)
+
+    def __enter__(self) -> TrialProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def done(self, line: str) -> None:
+        """One trial ended: its line, and the bar one step on."""
+        self._progress.console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}" if self.plain else line)
+        self._progress.advance(self._task)
