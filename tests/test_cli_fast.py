@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 
+from cli_studies import tiny
+
 from study.cli import main
 
-TINY = """name: tiny
-base: presets/smoke.yaml
-fixed: {train.steps: 2}
-arms:
-  plain: {}
-  agc: {agc.clipping: 0.01}
-seeds: [0]
-"""
+TINY = tiny()
 
 
 def test_show_and_list_json_after_a_run_and_a_copy(study_file, capsys, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_studies import tiny
 
 from study.cli import main
 from study.config.expand import parse_seeds, parse_sweeps, plan, with_axes
@@ -16,16 +17,7 @@ from study.config.study_file import load_study
 from study.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = """name: tiny
-base: presets/smoke.yaml
-fixed: {train.steps: 2}
-arms:
-  plain: {}
-  agc: {agc.clipping: 0.01}
-grid:
-  optim.lr: [0.1, 0.2]
-seeds: [0]
-"""
+TINY = tiny(grid="grid:\n  optim.lr: [0.1, 0.2]\n")
 
 
 def _hashes(spec, **kw) -> dict[tuple, str]:

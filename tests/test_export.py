@@ -6,16 +6,11 @@ import csv
 import io
 import json
 
+from cli_studies import tiny
+
 from study.cli import main
 
-TINY = """name: tiny
-base: presets/smoke.yaml
-fixed: {train.steps: 2}
-arms:
-  plain: {}
-  agc: {agc.clipping: 0.01}
-seeds: [0, 1]
-"""
+TINY = tiny("[0, 1]")
 
 
 def test_export_csv_json_latex_of_a_real_store(study_file, capsys):

@@ -155,22 +155,12 @@ def _is_tensor_pair(split: Any) -> bool:
 
 
 def _device_bundle(cfg, splits, batch_size, device, seed, channels_last, rank, world_size):
-    from study.data import EVAL_BATCH_SIZE, DataBundle
-    from study.data.augment import Mixing
-    from study.data.gpu_loader import DeviceLoader, channel_stats
+    from study.data import device_bundle
 
     on_device = {key: tuple(t.to(device) for t in splits[key]) for key in ("train", "val", "test")}
-    train_x, train_y = on_device["train"]
-    num_classes = int(splits.get("num_classes") or int(train_y.max()) + 1)
-    mean, std = channel_stats(train_x)
-    size = cfg.image_size or train_x.shape[-1]
-    common = dict(image_size=size, mean=mean, std=std, channels_last=channels_last)
-    mixing = Mixing(num_classes, cfg.mixup_alpha, cfg.mixup_pairing) if cfg.mixup else None
-    train = DeviceLoader(train_x, train_y, batch_size, train=True, crop_pad=cfg.crop_pad, flip=cfg.flip,
-                         seed=seed, mixing=mixing, rank=rank, world_size=world_size, **common)
-    val = DeviceLoader(*on_device["val"], EVAL_BATCH_SIZE, train=False, **common)
-    test = DeviceLoader(*on_device["test"], EVAL_BATCH_SIZE, train=False, **common)
-    return DataBundle(train, val, test, num_classes, train_x.shape[1], size, len(train_y))
+    num_classes = int(splits.get("num_classes") or int(on_device["train"][1].max()) + 1)
+    return device_bundle(cfg, on_device, num_classes, on_device["train"][0].shape[-1], batch_size, seed,
+                         channels_last, rank, world_size)
 
 
 def _num_classes(dataset) -> int:
