@@ -27,18 +27,25 @@ def _children(experiment: str) -> list:
     return client.search_runs([found.experiment_id], "tags.`nfstudy.role` = 'child'")
 
 
-def test_system_metrics_are_on_the_child_run(study_file, monkeypatch):
+def test_system_metrics_and_weights_are_on_the_child_run(study_file, monkeypatch, tmp_path, capsys):
+    import torch
+
     import study.record.system_metrics as system
 
     monkeypatch.setattr(system, "SAMPLING_S", 0.2)
     path = str(study_file(TINY))
-    assert main(["run", path, "--set", "train.system_metrics=true"]) == 0
+    assert main(["run", path, "--set", "train.system_metrics=true", "--set", "train.log_model=true"]) == 0
     (run,) = _children("tiny")
     names = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= names
     assert run.data.params["train.system_metrics"] == "True"
-    # Recording more is the same run: the switch is not in the config hash.
+    local = MlflowClient(paths.tracking_uri()).download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path))
+    weights = torch.load(local, weights_only=True)
+    assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
+    # Recording more is the same run: neither switch is in the config hash.
+    capsys.readouterr()
     assert main(["show", path]) == 0
+    assert "1 done, 0 to run" in capsys.readouterr().out
 
 
 def test_system_metrics_without_psutil_is_one_line(study_file, monkeypatch, capsys):

@@ -43,6 +43,7 @@ class RunProgress:
         self._run_name = ""
         self._start, self._first_done = time.monotonic(), None
         self.finished = 0
+        self._seen: set[str] = set()
 
     def __enter__(self) -> RunProgress:
         self._progress.__enter__()
@@ -83,6 +84,8 @@ class RunProgress:
             if self.plain:
                 self._print(f"  {job.run_name} [{job.config_hash}]: started")
         elif event == "finished":
+            self._seen.add(job.config_hash)  # with several workers this can come before on_progress
+            self.finished = max(self.finished, (self._first_done or 0) + len(self._seen))
             top1 = result.get("val/top1")
             score = f" val/top1 {top1:.3f}" if isinstance(top1, float) else ""
             count = f" ({self.finished}/{self.total} done, ETA {self.eta()})" if self.plain else ""
