@@ -3,6 +3,7 @@ their searched values, the objective's name on Optuna studies, run_study for not
 
 from __future__ import annotations
 
+import json
 import sys
 
 import optuna
@@ -34,7 +35,8 @@ def test_system_metrics_and_weights_are_on_the_child_run(study_file, monkeypatch
 
     monkeypatch.setattr(system, "SAMPLING_S", 0.2)
     path = str(study_file(TINY))
-    assert main(["run", path, "--set", "train.system_metrics=true", "--set", "train.log_model=true"]) == 0
+    assert main(["run", path, "--set", "train.system_metrics=true", "--set", "train.log_model=true",
+                 "--set", "train.log_dataset=true"]) == 0
     (run,) = _children("tiny")
     names = set(run.data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= names
@@ -42,6 +44,9 @@ def test_system_metrics_and_weights_are_on_the_child_run(study_file, monkeypatch
     local = MlflowClient(paths.tracking_uri()).download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path))
     weights = torch.load(local, weights_only=True)
     assert weights and all(isinstance(v, torch.Tensor) for v in weights.values())
+    (used,) = MlflowClient(paths.tracking_uri()).get_run(run.info.run_id).inputs.dataset_inputs
+    assert used.dataset.name == "digits" and json.loads(used.dataset.profile)["num_classes"] == 10
+    assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
     # Recording more is the same run: neither switch is in the config hash.
     capsys.readouterr()
     assert main(["show", path]) == 0

@@ -20,7 +20,7 @@ from study.errors import ConfigError, did_you_mean
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
 HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers", "train.system_metrics",
-                      "train.log_model")
+                      "train.log_model", "train.log_dataset")
 
 
 def _legacy_classifier_init_std(config: "RunConfig") -> float:
@@ -223,6 +223,9 @@ class TrainConfig(_Section):
     tf32: Literal["convolutions", "all", "off"] = "convolutions"
     """Where fp32 work may use TF32 tensor cores on a GPU (Ampere+): ``convolutions``
     (PyTorch's default), ``all`` (matrix products too) or ``off`` (true fp32)."""
+    log_dataset: bool = False
+    """Log the data set as the run's input (MLflow's "Datasets used": name, ``data.id``,
+    ``data.root``, size and shape). Not in the config hash."""
     log_model: bool = False
     """Log the trained weights on the child run, artifact ``model/state_dict.pt`` (load with
     ``torch.load(path, weights_only=True)``). Not in the config hash."""

@@ -377,6 +377,22 @@ class ChildRun:
             self._logger.shutdown()
             self._logger = None
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """``train.log_dataset``: the data set as the run's training input (MLflow's
+        ``log_inputs``: the UI's "Datasets used"), named ``name``, identified by ``digest``
+        (``data.id``), read from ``source``; ``profile``: its shape facts. Nothing while spooled."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if self.spool is not None or self.run_id is None:
+            return
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(profile))
+        try:
+            self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+        except Exception as err:  # noqa: BLE001 - the result matters more than its provenance
+            if not outage.is_transient(err) and self._tracking is not None and self._tracking.reachable():
+                raise
+
     def log_state_dict(self, state: dict[str, Any]) -> None:
         """``train.log_model``: the trained weights as artifact ``model/state_dict.pt`` (read
         back with ``torch.load(path, weights_only=True)``). A run in the spool (its server

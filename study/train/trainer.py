@@ -139,6 +139,10 @@ def train(
     data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last,
                       model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
+    if config.train.log_dataset and hasattr(tracker, "log_dataset"):  # MLflow's "Datasets used"
+        tracker.log_dataset(config.data.name, config.data.id or config.data.name, config.data.root or config.data.name,
+                            {"num_train": data.num_train, "num_classes": data.num_classes, "in_chans": data.in_chans,
+                             "image_size": data.image_size})
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
     forward = compiled(replicated, config) if config.train.compile else replicated
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
