@@ -521,9 +521,10 @@ def search(
     old_storage: OldStorageOpt = None,
     preset: PresetOpt = None,
     set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Override a config key of every trial, e.g. --set data.batch_size=4096 (repeatable); a "
-        "searched key set here is pinned.")] = None,
+        "--set", metavar="KEY=VALUE", help="Override a config key of every trial, e.g. --set data.batch_size=4096 "
+        "(repeatable); a searched key set here is pinned.")] = None,
     tracking_uri: TrackingOpt = None,
+    imports: ImportOpt = None,
 ) -> None:
     """Optuna search over the study's 'search:' space; running it again adds trials to the same study."""
     import statistics
@@ -535,10 +536,12 @@ def search(
     from study.cli.progress import TrialProgress
     from study.config.expand import parse_overrides
     from study.config.study_file import load_study
+    from study.plugins import use_plugins
     from study.record.tracking import Tracking
     from study.run.search import open_storage, plan_search, run_search
 
     storage = _search_storage("search", search_storage, old_storage)
+    use_plugins(imports or [], folder=os.getcwd() if imports else None)
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     preflight.check_storage(paths.optuna_storage(storage))  # a wrong URL: one line within seconds
@@ -574,10 +577,10 @@ def report(
     name: Annotated[Optional[str], typer.Argument(help="Study name or path to a study YAML file.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Report every study on the search path and write an index "
                                        "page.")] = False,
-    preset: Annotated[Optional[str], typer.Option(help="Report the runs of this preset (default: every scale "
-                                                  "that has runs).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Report the runs made with these "
-                                                      "overrides.")] = None,
+    preset: Annotated[Optional[str], typer.Option(metavar="NAME", help="Report the runs of this preset (default: "
+                                                  "every scale that has runs).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Report the runs made "
+                                                      "with these overrides.")] = None,
     tracking_uri: TrackingOpt = None,
     search_storage: SearchStorageOpt = None,
     old_storage: OldStorageOpt = None,
