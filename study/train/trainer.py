@@ -139,10 +139,7 @@ def train(
     data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last,
                       model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
-    if config.train.log_dataset and hasattr(tracker, "log_dataset"):  # MLflow's "Datasets used"
-        tracker.log_dataset(config.data.name, config.data.id or config.data.name, config.data.root or config.data.name,
-                            {"num_train": data.num_train, "num_classes": data.num_classes, "in_chans": data.in_chans,
-                             "image_size": data.image_size})
+    _record_dataset(config, tracker, data)
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
     forward = compiled(replicated, config) if config.train.compile else replicated
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
@@ -226,6 +223,14 @@ def train(
             **_test_metrics(model, ema, data, precision, diverged=outcome == DIVERGED),
             "time/step_ms": _step_ms(epoch_times), "time/total_s": time.perf_counter() - start,
             "epochs": epochs_done, "steps": step}
+
+
+def _record_dataset(config: RunConfig, tracker, data) -> None:
+    """``train.log_dataset``: the data set as the run's MLflow input ("Datasets used")."""
+    if config.train.log_dataset and hasattr(tracker, "log_dataset"):
+        tracker.log_dataset(config.data.name, config.data.id or config.data.name, config.data.root or config.data.name,
+                            {"num_train": data.num_train, "num_classes": data.num_classes, "in_chans": data.in_chans,
+                             "image_size": data.image_size})
 
 
 def _test_metrics(model: torch.nn.Module, ema: EMA | None, data, precision: Precision, *,
