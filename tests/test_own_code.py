@@ -180,3 +180,14 @@ def test_a_bad_python_data_name_is_one_line():
         make_config({"data.name": "python:only_a_module"})
     with pytest.raises(ConfigError, match="unknown data set 'nosuch'"):
         make_config({"data.name": "nosuch"})
+
+
+@pytest.mark.slow
+def test_a_plugin_model_and_data_set_train_as_a_two_rank_ddp_job(tmp_path):
+    from study.cli import main
+
+    path = _study(tmp_path, "plugin_ddp_ranks", "flat_linear_ddp", "noise_tensors_ddp")
+    assert main(["run", str(path), "--nproc-per-node", "2", "--only", "a"]) == 0
+    (run,) = _children("plugged")
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == "flat_linear_ddp"
+    assert run.data.metrics["steps"] == 3
