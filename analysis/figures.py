@@ -264,6 +264,17 @@ def fig2b_clip_threshold(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC
                 title="Clipping threshold against batch size (paper Fig. 2b)")
 
 
+def clip_budget(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC) -> Figure:
+    """Fig. 2b at one batch size against the step budget: ``metric`` against λ (log axis),
+    one line per ``train.steps`` (floor-bound cells hollow, as in every line figure).
+
+    Returns:
+        The figure (unsaved).
+    """
+    return line(frame, roles.CLIPPING, metric, hue=roles.STEPS, logx=True,
+                title="Clipping threshold against the step budget (AGC's ε floor)")
+
+
 def unit_vs_layer(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC, hue: str | None = None) -> Figure:
     """Unit-wise against layer-wise AGC (paper §4): bars of ``metric`` per ``agc.mode``.
 
@@ -289,7 +300,7 @@ def bn_vs_nf(frame: pd.DataFrame, *, metric: str = roles.TEST_METRIC) -> Figure:
     Returns:
         The figure (unsaved).
     """
-    labelled = frame.assign(model=roles.model_family(frame).values)
+    labelled = frame.assign(model=roles.table6_family(frame).values)
     figure, (left, right) = new_figure(ncols=2, width=4.6)
     _draw_bars(left, labelled, "model", metric, None)
     _draw_bars(right, labelled, "model", roles.STEP_MS, None)

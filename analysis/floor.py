@@ -51,10 +51,8 @@ import pandas as pd
 from analysis import roles
 from analysis.runs import FLOOR_TAG_COLUMN
 from analysis.stats import missing
-from study.record.tags import AGC_MAX_SKIPINIT_GAIN
+from study.record.tags import AGC_MAX_SKIPINIT_GAIN, FLOOR_GAIN
 
-FLOOR_GAIN = 0.1
-"""A run whose SkipInit gains stay at or below this is floor-bound (see the module text)."""
 ESCAPED = 1e3
 """The bound stops here: a gain that can reach it has left the floor (reported as inf)."""
 GAIN_NAME = "blocks.0.skipinit_gain"

@@ -62,6 +62,16 @@ def model_family(frame: pd.DataFrame) -> pd.Series:
     return norm_kind(frame).map(lambda kind: BN if kind == BN_NORM else NF)
 
 
+NF_PLAIN = "NF-ResNet without Scaled WS"
+
+
+def table6_family(frame: pd.DataFrame) -> pd.Series:
+    """Table 6's sides (Brock et al. 2021): ``BN-ResNet`` (the BatchNorm twin) against
+    ``NF-ResNet`` with Scaled WS; an NF net without weight standardisation is [I]'s control
+    (arXiv 2101.08692, §4), not in Table 6, so it is ``NF-ResNet without Scaled WS``, neither side."""
+    return norm_kind(frame).map(lambda kind: BN if kind == BN_NORM else NF_PLAIN if kind == PLAIN_NORM else NF)
+
+
 def agc_family(frame: pd.DataFrame) -> pd.Series:
     """Fig. 2a's three curves: ``BN-ResNet``, ``NF-ResNet`` (AGC off: ``agc.clipping`` is
     None) and ``NF-ResNet + AGC``. A BN run is ``BN-ResNet`` whatever its clipping."""

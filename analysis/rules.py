@@ -262,6 +262,56 @@ def fig2b_best_lambda_falls(frame, context) -> Verdict:
     return Verdict(INCONCLUSIVE, numbers, "best λ is flat, or rises and falls between the ends")
 
 
+# -- Fig. 2b against the step budget: AGC's ε floor -------------------------------------------
+
+def budget_penalty_shrinks(frame, context) -> Verdict:
+    """Δ(smallest λ − largest λ) on the test metric at every step budget (``train.steps``),
+    paired on seed and the other grid values; says from which budget the small-λ penalty is
+    gone (the paired CI lies above −1 point) and the reachable SkipInit gain of the small λ
+    at each budget (:func:`analysis.floor.reachable_gain`). Floor-bound runs are the point
+    of this claim, so they count (its :class:`~analysis.reference.Claim` says so)."""
+    if absent := _missing(frame, roles.CLIPPING, roles.STEPS, context.test_metric):
+        return absent
+    clipped = frame[frame[roles.CLIPPING].notna()]
+    lambdas = sorted(set(clipped[roles.CLIPPING]))
+    budgets = sorted({int(s) for s in clipped[roles.STEPS]})
+    if len(lambdas) < 2:
+        return Verdict(INCONCLUSIVE, reason="fewer than two λ values")
+    if len(budgets) < 2:
+        return Verdict(INCONCLUSIVE, reason="one step budget ran", limit="one step budget ran: the claim compares budgets")
+    small, large = lambdas[0], lambdas[-1]
+    side = clipped[roles.CLIPPING].map(lambda v: "small" if v == small else "large" if v == large else "other")
+    gains = floor.bounds(clipped[clipped[roles.CLIPPING] == small])
+    numbers, found, gone = {}, [], None
+    for steps in budgets:
+        at = clipped[roles.STEPS].astype(int) == steps
+        reach = floor.gain_text(gains[gains.index.isin(clipped.index[at])].max())
+        comparison = _paired(clipped[at], side[at], "small", "large", context.test_metric, context,
+                             defining=(roles.CLIPPING,), label=f"λ {small:g} − λ {large:g} at {steps} steps",
+                             bounds=(-POINT,))
+        if comparison is None:
+            continue
+        numbers.update(_numbers(comparison))
+        if reach:
+            numbers[f"reachable |SkipInit gain| at λ {small:g}, {steps} steps"] = reach
+        found.append(comparison)
+        if gone is None and comparison.row["n_pairs"] >= 2 and comparison.row["low"] > -POINT:
+            gone = steps
+    if len(found) < 2:
+        return Verdict(INCONCLUSIVE, numbers, "fewer than two budgets have paired seeds", comparisons=tuple(found))
+    numbers["the small-λ penalty is gone (CI above −1 pt) from"] = f"{gone} steps" if gone else "no budget that ran"
+    first, last = found[0].row, found[-1].row
+    if min(first["n_pairs"], last["n_pairs"]) < 2:
+        return Verdict(INCONCLUSIVE, numbers, "fewer than 2 pairs at a budget", comparisons=tuple(found))
+    if last["low"] > -POINT and first["high"] < -POINT:
+        return Verdict(SUPPORTED, numbers, comparisons=tuple(found))
+    if last["high"] < -POINT:
+        return Verdict(NOT_SUPPORTED, numbers, comparisons=tuple(found))
+    reason = ("no penalty at the smallest budget to shrink" if first["low"] > -POINT
+              else "the CI at the smallest or the largest budget reaches across −1 pt")
+    return Verdict(INCONCLUSIVE, numbers, reason, comparisons=tuple(found))
+
+
 # -- Fig. 2a: batch-size scaling ----------------------------------------------------------
 
 def _fig2a_frames(frame, context):
@@ -357,9 +407,9 @@ def _where(frame) -> str:
 def nf_matches_bn(frame, context) -> Verdict:
     if absent := _missing(frame, roles.MODEL, context.test_metric):
         return absent
-    family = roles.model_family(frame)
-    if set(family) != {roles.BN, roles.NF}:
-        return Verdict(INCONCLUSIVE, reason="need both BN and NF runs")
+    family = roles.table6_family(frame)  # NF without Scaled WS is on neither side, as in the paper
+    if not {roles.BN, roles.NF} <= set(family):
+        return Verdict(INCONCLUSIVE, reason="need both BN and NF (Scaled WS) runs")
     comparison = _paired(frame, family, roles.NF, roles.BN, context.test_metric, context,
                          defining=(roles.MODEL, roles.NORM, roles.CLIPPING), label="NF − BN" + _where(frame),
                          bounds=(-POINT,))
@@ -377,7 +427,7 @@ def _ratio_text(frame, side, slow, fast) -> str:
 def bn_slower(frame, context) -> Verdict:
     if absent := _missing(frame, roles.MODEL, roles.STEP_MS):
         return absent
-    family = roles.model_family(frame)
+    family = roles.table6_family(frame)
     verdict = _two_sided(frame, family, roles.BN, roles.NF, roles.STEP_MS, context,
                          defining=(roles.MODEL, roles.NORM, roles.CLIPPING), label="BN − NF", scale=1.0, unit="ms")
     if verdict.numbers:

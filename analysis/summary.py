@@ -219,7 +219,8 @@ def warnings(frame: pd.DataFrame, grid_keys: list[str], metric: str) -> list[str
         listed = "; ".join(f"{_cell_text(frame, cell)} (gain ≤ {floor.gain_text(gains[rows.index].max()) or 'measured'})"
                            for cell, rows in cell_groups(frame[bound], grid_keys))
         found.append(f"floor-bound at this budget (SkipInit gains cannot exceed {floor.FLOOR_GAIN:g}, so the residual "
-                     f"branches barely train): {listed}. Drawn hollow; claims leave them out.")
+                     f"branches barely train): {listed}. Drawn hollow; claims leave them out, except a claim about the "
+                     "floor itself (clip-budget), whose evidence they are.")
     return found
 
 

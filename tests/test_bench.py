@@ -13,7 +13,7 @@ from study.bench.harness import Settings, column, interleaved, judge, median_int
 from study.bench.peaks import peak_bf16_flops
 from study.cli import main
 
-REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_step_overhead", "sam_fraction",
+REQUIRED = {"trainer_overhead", "agc_vectorised_vs_loop", "agc_telemetry", "agc_step_overhead", "sam_fraction",
             "sam_full", "tracking_overhead", "framework_cost_per_run"}
 
 

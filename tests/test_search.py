@@ -149,6 +149,21 @@ def test_the_study_name_follows_the_space_and_the_fixed_config(study_file):
     assert plan_search(spec, overrides={"data.batch_size": 4096}).study_name != same
     # Where a run executes is not what it computes: same study on another device.
     assert plan_search(spec, overrides={"train.device": "cpu"}).study_name == same
+    assert plan_search(spec, overrides={"train.tf32": "all"}).study_name != same
+
+
+def test_a_key_added_later_at_its_old_behaviour_keeps_the_study_name(study_file, monkeypatch):
+    """A search begun before a config key existed resumes after an upgrade adds that key at
+    the value that reproduces the old behaviour (as a run's hash does)."""
+    from study.config import run_config
+
+    spec = load_study(study_file(SMOKE.format(name="later", search=LAMBDA)))
+    before = plan_search(spec).study_name
+    flat = run_config.RunConfig.flat
+    monkeypatch.setattr(run_config.RunConfig, "flat", lambda self: {**flat(self), "train.new_knob": "old"})
+    assert plan_search(spec).study_name != before  # the new key is part of the identity...
+    monkeypatch.setitem(run_config.HASH_NEUTRAL_DEFAULTS, "train.new_knob", "old")
+    assert plan_search(spec).study_name == before  # ...unless it keeps the old behaviour
 
 
 def test_set_pins_a_searched_key(study_file, capsys):

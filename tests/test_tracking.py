@@ -1,5 +1,6 @@
 """MLflow layout and resumption, through the real CLI on a real SQLite store."""
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from study import paths
@@ -147,6 +148,11 @@ def test_parent_run_holds_the_study_and_children_the_resolved_model(study_file, 
         twin = "bn_resnet_small" if run.data.params["model.norm"] == "bn" else "nf_resnet_small"
         assert run.data.params["model.name"] == "nf_resnet_small"
         assert run.data.params["model.resolved_name"] == twin
+        # the learning rate and batch a run actually used, beside the paper batch that set them
+        batch = int(run.data.params["data.batch_size"])
+        assert float(run.data.params["optim.peak_lr"]) == pytest.approx(float(run.data.params["optim.lr"]) * batch / 256)
+        cap = run.data.params["data.device_batch_size"]
+        assert int(run.data.params["data.real_batch_size"]) == (batch if cap == "None" else min(batch, int(cap)))
         assert len(run.data.tags["nfstudy.code"]) == 16 and run.data.tags["nfstudy.git_dirty"] in (
             "true", "false", "unknown")
 

@@ -146,30 +146,35 @@ def agc_vs_loop(model_name: str, settings: Settings, **build: Any) -> dict[str, 
     ``model_name``'s parameters with fixed random gradients (each model its own copy of the
     same weights), each round's measurement lasting about :data:`AGC_MEASURE_S`; ``floor``:
     one read of every weight and gradient (a norm of each, packed into one buffer
-    beforehand), the least memory traffic any exact AGC needs. Lists, one value per round;
+    beforehand), the least memory traffic any exact AGC needs; ``telemetry``: :class:`AGC`
+    with ``telemetry=True``, as the trainer runs it. Lists, one value per round;
     ``tensors``: how many were clipped."""
     from study.models import build_model
     from study.optim.agc import AGC, agc_parameters
 
     torch.manual_seed(0)
     ours = build_model(model_name, **build).to(settings.device)
-    theirs = build_model(model_name, **build).to(settings.device)
+    theirs, watched = (build_model(model_name, **build).to(settings.device) for _ in range(2))
     theirs.load_state_dict(ours.state_dict())
-    ours_params, their_params = agc_parameters(ours), agc_parameters(theirs)
-    for a, b in zip(ours_params, their_params):
+    watched.load_state_dict(ours.state_dict())
+    ours_params, their_params, watched_params = agc_parameters(ours), agc_parameters(theirs), agc_parameters(watched)
+    for a, b, c in zip(ours_params, their_params, watched_params):
         a.grad = torch.randn_like(a).mul_(1e-3)
-        b.grad = a.grad.clone()
+        b.grad, c.grad = a.grad.clone(), a.grad.clone()
     agc = AGC(ours_params, clipping=0.01)
+    with_telemetry = AGC(watched_params, clipping=0.01, telemetry=True)
     packed = [torch.cat([p.detach().reshape(-1) for p in ours_params]),
               torch.cat([p.grad.reshape(-1) for p in ours_params])]
     calls = {"ours": agc.clip_, "loop": lambda: loop_agc_(their_params, 0.01),
-             "floor": lambda: torch._foreach_norm(packed)}
+             "floor": lambda: torch._foreach_norm(packed), "telemetry": with_telemetry.clip_}
     measures = {name: timed(fn, settings.device, 1 if settings.quick else calls_for(fn, settings.device, AGC_MEASURE_S))
                 for name, fn in calls.items()}
 
     def settled(rounds: Rounds) -> bool:
-        name = "agc_vectorised_vs_loop" if model_name == settings.model else ""
-        return spread_ok(column(rounds, "ours", "s"), column(rounds, "loop", "s"), name)
+        if model_name != settings.model:
+            return spread_ok(column(rounds, "ours", "s"), column(rounds, "loop", "s"), "")
+        return (spread_ok(column(rounds, "ours", "s"), column(rounds, "loop", "s"), "agc_vectorised_vs_loop")
+                and spread_ok(column(rounds, "telemetry", "s"), column(rounds, "ours", "s"), "agc_telemetry"))
 
     rounds = interleaved({name: (lambda m=m: {"s": m()}) for name, m in measures.items()}, settings.repeats,
                          settled=settled, max_repeats=settings.max_repeats)
@@ -267,8 +272,12 @@ def cpu_figures(settings: Settings, log: Callable[[str], None]) -> list[Result]:
         name = "agc_vectorised_vs_loop" + ("" if model == settings.model else f"/{model}")
         log(name)
         agc = agc_vs_loop(model, settings, **build)
-        ms = {key: [v * 1e3 for v in agc[key]] for key in ("ours", "loop", "floor")}
+        ms = {key: [v * 1e3 for v in agc[key]] for key in ("ours", "loop", "floor", "telemetry")}
         add(judge(name, ms["ours"], ms["loop"], "ms/clip", note=f"{model}, {agc['tensors']} tensors"))
+        if model == settings.model:
+            add(judge("agc_telemetry", ms["telemetry"], ms["ours"], "ms/clip",
+                      note="AGC with its per-epoch telemetry accumulated on the device vs without; "
+                           "agc_step_overhead includes it"))
         if model == "nfnet_f0":
             add(judge("agc_read_floor/nfnet_f0", ms["floor"], ms["loop"], "ms/clip",
                       note="one read of W and G: the least any exact AGC can cost; "

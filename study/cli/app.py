@@ -303,6 +303,11 @@ def run(
                                               "done, and copy stale runs of other studies.")] = False,
     rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="Train stale runs again (the old ones stay in "
                                               "MLflow, tagged nfstudy.role=superseded).")] = False,
+    until_resolved: Annotated[bool, typer.Option("--until-resolved", help="Then add paired seeds, one round at a "
+                                                 "time, to the cells that unresolved paper claims need, until every "
+                                                 "claim is resolved (anytime-valid) or --max-seeds is reached.")] = False,
+    max_seeds: Annotated[int, typer.Option("--max-seeds", min=1, help="With --until-resolved: seeds per cell at "
+                                           "most, the planned ones included.")] = 10,
 ) -> None:
     """Run what is not finished yet of a study; finished configs are never trained again.
 
@@ -322,6 +327,10 @@ def run(
     policy = Stale.REUSE if reuse_stale else Stale.RERUN if rerun_stale else Stale.STOP
     spec, planned = _plan(name, preset, set_, sweep, seeds, add_seeds, imports)
     runs = select(planned, only)
+    if until_resolved:
+        from study.run.until_resolved import check
+
+        check(spec, max_seeds)
     check_placement(workers, nproc_per_node, {r.config.train.device for r in runs}, visible_gpus())
     _preflight(runs, tracking_uri, storage)
     found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs, policy)
@@ -354,6 +363,16 @@ def run(
         done = summary.completed + summary.diverged + summary.done_before
         console.print(f"{spec.name}: {done}/{len(runs)} done; run the same command to resume")
         raise KeyboardInterrupt
+    if until_resolved and not summary.failed:
+        from study.config.expand import parse_overrides
+        from study.run.until_resolved import resolve_study
+
+        summary.failed = resolve_study(spec, runs, preset=preset, overrides=parse_overrides(set_),
+                                       tracking_uri=paths.tracking_uri(tracking_uri), max_seeds=max_seeds,
+                                       say=lambda line: console.print(line, markup=False, highlight=False),
+                                       execute_runs=lambda more: execute(spec, more, tracking, workers=workers,
+                                                                         storage=storage, stale=policy,
+                                                                         nproc_per_node=nproc_per_node)).failed
     for line in summary.failed:
         err_console.print(f"failed: {line}")
     if summary.failed:
@@ -590,9 +609,12 @@ def report(
     reports/clip-threshold/preset-smoke/). With no --preset/--set, every scale that has runs,
     each in its folder."""
     from analysis.report import build_index, build_report
+    from analysis.runs import load_runs
     from study import paths
     from study.cli.preflight import check_tracking
+    from study.config.expand import parse_overrides
     from study.config.study_file import list_studies, load_study
+    from study.run.until_resolved import recorded_seed_hashes
 
     storage = _search_storage("report", search_storage, old_storage)
     if not all_ and name is None:
@@ -617,8 +639,9 @@ def report(
             out = paths.reports_dir(spec.report_key, scale)
             folders.setdefault(spec.name, out)
             _, runs = _plan(typed, scale_preset, scale_sets)
+            added = recorded_seed_hashes(spec, scale_preset, parse_overrides(scale_sets), load_runs(spec.name, uri))
             written = build_report(spec, uri, out, command=_command("report", typed, scale_preset, scale_sets),
-                                   inputs=inputs, config_hashes={r.config_hash for r in runs},
+                                   inputs=inputs, config_hashes={r.config_hash for r in runs} | added,
                                    artifact_path="report" + (f"/{scale}" if scale else ""),
                                    run_command=_command("run", typed, scale_preset, scale_sets))
             for line in written["lines"]:

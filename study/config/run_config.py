@@ -312,9 +312,13 @@ class RunConfig(_Section):
         """Short stable hash: canonical JSON (sorted keys) of the resolved config, without
         the machine-local keys in :data:`HASH_EXCLUDED_KEYS` and the later-added keys of
         :data:`HASH_NEUTRAL_DEFAULTS` while they keep their original behaviour."""
-        flat = {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
-        text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def identity(self) -> dict[str, Any]:
+        """The flat config a run's identity is made of: :meth:`flat` without the machine-local
+        keys and the later-added keys that still keep their original behaviour."""
+        return {k: v for k, v in self.flat().items() if k not in HASH_EXCLUDED_KEYS and not self._neutral(k, v)}
 
     def _neutral(self, key: str, value: Any) -> bool:
         if key not in HASH_NEUTRAL_DEFAULTS:
@@ -365,13 +369,19 @@ def check_keys(keys: list[str], where: str) -> None:
 
 def run_params(flat: dict[str, Any]) -> dict[str, Any]:
     """What a child run records as MLflow params: its flattened config, plus what the config
-    resolves to that a reader of the runs table could not tell (``model.resolved_name``:
-    the model a ``model.norm`` twin builds)."""
+    resolves to that a reader of the runs table could not tell: ``model.resolved_name`` (the
+    model a ``model.norm`` twin builds), ``optim.peak_lr`` (lr·B/256 for the paper batch B)
+    and ``data.real_batch_size`` (the batch actually drawn per step, under a cap)."""
     try:
-        config = make_config({k: v for k, v in flat.items() if k != "model.resolved_name"})
+        config = make_config({k: v for k, v in flat.items() if k not in RESOLVED_PARAMS})
     except ConfigError:  # not a RunConfig (recorded as given)
         return dict(flat)
-    return {**flat, "model.resolved_name": config.model.resolved_name}
+    return {**flat, "model.resolved_name": config.model.resolved_name, "optim.peak_lr": config.peak_lr,
+            "data.real_batch_size": config.real_batch_size}
+
+
+#: The params :func:`run_params` adds: derived from the config, never part of it.
+RESOLVED_PARAMS = ("model.resolved_name", "optim.peak_lr", "data.real_batch_size")
 
 
 def make_config(overrides: dict[str, Any], where: str = "config") -> RunConfig:

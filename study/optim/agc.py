@@ -29,11 +29,18 @@ functional :func:`adaptive_grad_clip_` take the per-tensor path: whole-tensor no
 ``torch._foreach_norm`` call, one copy-free row reduction per weight tensor (stacking
 same-shape tensors instead copied NFNet-F0's 71M gradients and was 7x slower on CPU).
 Units under the threshold are multiplied by exactly 1.0, which leaves them bit for bit.
+
+Telemetry (``AGC(..., telemetry=True)``). The step has every unit's ‖W_i‖ and ‖G_i‖ at hand,
+so it also adds, on the device and without a host sync, per unit: whether it was clipped,
+its ratio ‖G_i‖/max(‖W_i‖, ε), and the largest ‖W_i‖ seen (three small vector ops per
+region layout). :meth:`AGC.read_stats` copies them to the host in one transfer when asked
+(the trainer does so once per epoch) and starts the next period.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -98,14 +105,33 @@ def _unit_norms(tensors: Sequence[torch.Tensor], group: _Group) -> torch.Tensor:
     return torch.cat(norms)
 
 
-def _clip_group_(group: _Group, grads: list[torch.Tensor], clipping: float, eps: float) -> None:
+class _UnitStats:
+    """Telemetry of one layout's units, kept on the device: rows are steps clipped, the sum
+    of ‖G‖/max(‖W‖, ε), and the largest ‖W‖ seen (the last is never reset)."""
+
+    def __init__(self, units: int, device: torch.device):
+        self.totals = torch.zeros(3, units, device=device)
+        self.steps = 0
+
+    def observe_(self, weight_norm: torch.Tensor, grad_norm: torch.Tensor, max_norm: torch.Tensor,
+                 over: torch.Tensor, clipping: float) -> None:
+        self.totals[0].add_(over)
+        self.totals[1].addcdiv_(grad_norm, max_norm, value=clipping)  # max_norm = λ·max(‖W‖, ε)
+        torch.maximum(self.totals[2], weight_norm, out=self.totals[2])
+        self.steps += 1
+
+
+def _clip_group_(group: _Group, grads: list[torch.Tensor], clipping: float, eps: float,
+                 stats: _UnitStats | None = None) -> None:
     with torch.no_grad():
         weights = [p.detach() for p in group.params]
-        max_norm = _unit_norms(weights, group).clamp_(min=eps).mul_(clipping)
+        weight_norm = _unit_norms(weights, group)
+        max_norm = weight_norm.clamp(min=eps).mul_(clipping)
         grad_norm = _unit_norms(grads, group)
-        scale = torch.where(grad_norm > max_norm,
-                            max_norm / grad_norm.clamp(min=_GRAD_NORM_FLOOR),
-                            torch.ones_like(grad_norm))
+        over = grad_norm > max_norm
+        if stats is not None:
+            stats.observe_(weight_norm, grad_norm, max_norm, over, clipping)
+        scale = torch.where(over, max_norm / grad_norm.clamp(min=_GRAD_NORM_FLOOR), torch.ones_like(grad_norm))
         scales = [s.view(shape) for s, shape in
                   zip(scale.split(group.unit_counts), group.scale_shapes)]
         torch._foreach_mul_(grads, scales)
@@ -155,6 +181,20 @@ def _aligned_offsets(sizes: Sequence[tuple[int, int]], align: int
     return offsets, [tuple(r) for r in regions], offset
 
 
+def _unit_slices(offsets: Sequence[int], regions: Sequence[tuple[int, int, int]],
+                 numels: Sequence[int]) -> list[slice]:
+    """Where each tensor's units lie in the concatenated per-row norms of its flat buffer."""
+    slices, row_start, region = [], 0, 0
+    for offset, numel in zip(offsets, numels):
+        while not regions[region][0] <= offset < regions[region][1]:
+            row_start += (regions[region][1] - regions[region][0]) // regions[region][2]
+            region += 1
+        start, _, length = regions[region]
+        first = row_start + (offset - start) // length
+        slices.append(slice(first, first + numel // length))
+    return slices
+
+
 class _FlatGroup:
     """Parameters of one (device, dtype) moved into one flat buffer, sorted by unit length,
     and a twin flat buffer for their gradients; rows of equal length form 2-D region views.
@@ -179,6 +219,7 @@ class _FlatGroup:
                 grad_views.append(self.grads[offset:offset + n].as_strided(p.shape, p.stride()))
         self.grad_views = tuple(grad_views)
         self.pointers = tuple(p.data_ptr() for p in self.params)
+        self.unit_slices = _unit_slices(offsets, regions, [p.numel() for p in self.params])
         self.weight_rows = [self.weights[a:b].view(-1, length) for a, b, length in regions]
         self.grad_rows = [self.grads[a:b].view(-1, length) for a, b, length in regions]
         self.row_counts = [rows.shape[0] for rows in self.weight_rows]
@@ -199,16 +240,18 @@ class _FlatGroup:
             for p, view in moved:
                 p.grad = view
 
-    def clip_(self, clipping: float, eps: float) -> None:
+    def clip_(self, clipping: float, eps: float, stats: _UnitStats | None = None) -> None:
         self.adopt_grads_()
         with torch.no_grad():
             for rows, out in zip(self.weight_rows, self._weight_norm_parts):
                 torch.linalg.vector_norm(rows, dim=1, out=out)
             for rows, out in zip(self.grad_rows, self._grad_norm_parts):
                 torch.linalg.vector_norm(rows, dim=1, out=out)
-            max_norm = self.weight_norms.clamp_(min=eps).mul_(clipping)
-            scale = torch.where(self.grad_norms > max_norm,
-                                max_norm / self.grad_norms.clamp(min=_GRAD_NORM_FLOOR), 1.0)
+            max_norm = self.weight_norms.clamp(min=eps).mul_(clipping)
+            over = self.grad_norms > max_norm
+            if stats is not None:
+                stats.observe_(self.weight_norms, self.grad_norms, max_norm, over, clipping)
+            scale = torch.where(over, max_norm / self.grad_norms.clamp(min=_GRAD_NORM_FLOOR), 1.0)
             torch._foreach_mul_(self.grad_rows, [s.unsqueeze(1) for s in scale.split(self.row_counts)])
 
 
@@ -242,6 +285,7 @@ class AGC:
         mode: ``"unit"`` (one row per output unit) or ``"layer"`` (one unit per tensor).
         flatten: use the flat-buffer layout (fast); ``False`` leaves every tensor where it is
             and clips tensor by tensor.
+        telemetry: accumulate per-unit statistics on the device for :meth:`read_stats`.
 
     Raises:
         ConfigError: ``clipping`` not positive, ``eps`` negative, unknown ``mode``.
@@ -252,10 +296,11 @@ class AGC:
     """
 
     def __init__(self, parameters: Iterable[torch.Tensor], clipping: float, *,
-                 eps: float = 1e-3, mode: str = "unit", flatten: bool = True):
+                 eps: float = 1e-3, mode: str = "unit", flatten: bool = True, telemetry: bool = False):
         _check(clipping, eps, mode)
         self.parameters = list(dict.fromkeys(parameters))  # each tensor once
         self.clipping, self.eps, self.mode, self.flatten = float(clipping), float(eps), mode, flatten
+        self.telemetry = telemetry
         self._layout()
 
     def _layout(self) -> None:
@@ -268,10 +313,18 @@ class AGC:
                 rest.append(p)
         self._flat = [_FlatGroup(params, self.mode) for params in by_key.values()]
         self._plan = _Plan(rest, self.mode)
+        # Each layout's units: its tensors, where their units lie in its norms, its stats.
+        layouts = [(g.params, g.unit_slices, len(g.weight_norms), g.weights.device) for g in self._flat]
+        for g in self._plan.groups:
+            ends = list(itertools.accumulate(g.unit_counts))
+            layouts.append((g.params, [slice(e - n, e) for e, n in zip(ends, g.unit_counts)], ends[-1],
+                            g.params[0].device))
+        self._units = [(params, slices) for params, slices, _, _ in layouts]
+        self._stats = [_UnitStats(units, device) if self.telemetry else None for _, _, units, device in layouts]
 
     def clip_(self) -> None:
         """Clips the ``.grad`` of every parameter in place; parameters without one are skipped
-        (that step then takes the slower per-tensor path)."""
+        (that step then takes the slower per-tensor path, and telemetry leaves it out)."""
         if any(p.grad is None for p in self.parameters):
             present = [p for p in self.parameters if p.grad is not None]
             if present:
@@ -279,15 +332,49 @@ class AGC:
             return
         if not all(group.in_place() for group in self._flat):
             self._layout()
-        for group in self._flat:
-            group.clip_(self.clipping, self.eps)
-        _clip_plan_(self._plan, self.clipping, self.eps)
+        for group, stats in zip(self._flat, self._stats):
+            group.clip_(self.clipping, self.eps, stats)
+        _clip_plan_(self._plan, self.clipping, self.eps, self._stats[len(self._flat):])
+
+    def read_stats(self) -> list[UnitStats]:
+        """What the steps since the last read did to each clipped tensor (one host sync), and
+        starts a new period; empty without ``telemetry=True``.
+
+        Returns:
+            One :class:`UnitStats` per tensor; ``weight_max`` covers every step since the
+            layout was built, the rest the period's steps.
+        """
+        if not self.telemetry or not self._stats:
+            return []
+        totals = torch.cat([stats.totals.float().cpu() for stats in self._stats], dim=1)  # the one sync
+        out, column = [], 0
+        for (params, slices), stats in zip(self._units, self._stats):
+            block = totals[:, column:column + stats.totals.shape[1]]
+            column += stats.totals.shape[1]
+            out += [UnitStats(p, stats.steps, block[0, s], block[1, s], block[2, s]) for p, s in zip(params, slices)]
+            stats.totals[:2].zero_()
+            stats.steps = 0
+        return out
 
 
-def _clip_plan_(plan: _Plan, clipping: float, eps: float) -> None:
-    for group in plan.groups:
+@dataclass(frozen=True)
+class UnitStats:
+    """Telemetry of one clipped tensor over a period of steps (host tensors, one entry per unit)."""
+
+    param: torch.Tensor
+    steps: int
+    clipped: torch.Tensor
+    """Steps on which each unit was clipped."""
+    ratio_sum: torch.Tensor
+    """Sum over the steps of ‖G_i‖/max(‖W_i‖, ε)."""
+    weight_max: torch.Tensor
+    """The largest ‖W_i‖ seen by a step (|w| for a scalar such as a SkipInit gain)."""
+
+
+def _clip_plan_(plan: _Plan, clipping: float, eps: float, stats: Sequence[_UnitStats | None] = ()) -> None:
+    for group, group_stats in itertools.zip_longest(plan.groups, stats[:len(plan.groups)]):
         grads = [p.grad.detach() for p in group.params]
-        _clip_group_(group, grads, clipping, eps)
+        _clip_group_(group, grads, clipping, eps, group_stats)
 
 
 def adaptive_grad_clip_(parameters: torch.Tensor | Iterable[torch.Tensor], clipping: float,

@@ -5,6 +5,8 @@ report (which reads MLflow) spell them the same way.
 """
 
 # -- MLflow tags of every run nfstudy creates ----------------------------------------------
+TAG_PREFIX = "nfstudy."
+"""Every nfstudy tag starts so; a training result's entries that do are written as tags."""
 ROLE = "nfstudy.role"
 """``parent`` (one per study, or per Optuna study of a search) or ``child`` (one per config)."""
 STUDY = "nfstudy.study"
@@ -44,9 +46,29 @@ VERDICT_PREFIX = "nfstudy.verdict."
 on a study's parent run: the verdict ``nfstudy report`` reached, e.g. ``supported; 3 pairs;
 resolved``."""
 
+FLOOR_GAIN = 0.1
+"""A run whose |SkipInit gains| never exceed this (100 × AGC's default ε = 10⁻³) is floor-bound:
+a branch then adds at most α·gain = 0.2 × 0.1 = 2% of the signal it joins. The trainer's tag
+:data:`AGC_FLOOR_BOUND` and the report (``analysis.floor``) use this one threshold."""
+
 # -- MLflow metrics nfstudy writes besides the trainer's scores --------------------------------
 AGC_MAX_SKIPINIT_GAIN = "agc/max_skipinit_gain"
-"""The largest |SkipInit gain| of a child run's net (AGC telemetry, logged per epoch)."""
+"""The largest |SkipInit gain| of a child run's net so far in the run (logged per epoch, so its
+last value is the run's largest; per step under AGC, at epoch ends without it)."""
+AGC_CLIPPED_FRACTION = "agc/clipped_fraction"
+"""The fraction of AGC's units clipped, over the epoch's steps; ``agc/clipped_fraction/<group>``
+per group of parameters (``stem``, ``stage<k>``, ``classifier``, ...)."""
+AGC_GROUP_PREFIX = AGC_CLIPPED_FRACTION + "/"
+AGC_RATIO_QUANTILES = {"agc/grad_weight_ratio_p50": 0.5, "agc/grad_weight_ratio_p90": 0.9,
+                       "agc/grad_weight_ratio_max": 1.0}
+"""Quantiles over AGC's units of each unit's mean ‖G_i‖/max(‖W_i‖, ε) over the epoch."""
+CLASSIFIER_ROW_NORM_MAX = "classifier/row_norm_max"
+CLASSIFIER_ROW_NORM_MEAN = "classifier/row_norm_mean"
+"""The classifier weight's row norms (one row per class) at the epoch's end."""
+TELEMETRY_METRICS = (AGC_MAX_SKIPINIT_GAIN, AGC_CLIPPED_FRACTION, *AGC_RATIO_QUANTILES, CLASSIFIER_ROW_NORM_MAX,
+                     CLASSIFIER_ROW_NORM_MEAN)
+"""Logged after every epoch (the AGC ones only with ``agc.clipping`` set, the gain only for nets
+with SkipInit gains), besides the per-group ``agc/clipped_fraction/<group>``."""
 SUMMARY_PREFIX = "summary/"
 """Metrics of a study's parent run after ``nfstudy report``: ``summary/[<scale>/]mean/<cell>/<metric>``
 (mean over seeds), ``summary/[<scale>/]delta/<comparison>/<metric>`` (mean paired Δ) and
@@ -85,9 +107,11 @@ FINAL_METRICS = ("test/top1", "test/loss", "test/top1_ema", "test/loss_ema", "ti
                  "steps")
 """Logged once, when the run ends (the test split is evaluated only then; ``*_ema`` with
 ``optim.ema_decay``)."""
-METRICS = EPOCH_METRICS + EPOCH_TIMINGS + FINAL_METRICS + tuple(f"final/{name}" for name in EPOCH_METRICS)
-"""Every metric name a child run can carry: ``final/*`` copy the last epoch's scores. A study's
-``metric``, its figures' ``y`` and the report's claims are checked against this list."""
+METRICS = (EPOCH_METRICS + EPOCH_TIMINGS + FINAL_METRICS + tuple(f"final/{name}" for name in EPOCH_METRICS)
+           + TELEMETRY_METRICS)
+"""Every metric name a child run can carry (besides ``agc/clipped_fraction/<group>``): ``final/*``
+copy the last epoch's scores. A study's ``metric``, its figures' ``y`` and the report's claims are
+checked against this list."""
 
 # -- Optuna trial attrs ----------------------------------------------------------------------------
 OWNER_ATTR = "nfstudy:owner"

@@ -51,6 +51,7 @@ from study.record.tags import (
     ROLE,
     RUN_NAME,
     STUDY,
+    TAG_PREFIX,
 )
 from study.redaction import first_line, redact
 
@@ -414,8 +415,8 @@ class ChildRun:
         self.set_tags({MODEL: "not logged: the tracking server was away"})
 
     def finish(self, result: dict[str, Any]) -> None:
-        """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies) and the
-        outcome tag, then mark the run FINISHED.
+        """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies), the outcome
+        tag and the result's ``nfstudy.*`` entries as tags, then mark the run FINISHED.
 
         Per-epoch keys (``val/*``, ``train/*``) are not logged again, so learning curves
         keep one point per epoch, except for a diverged run, whose chance-level result is
@@ -429,14 +430,16 @@ class ChildRun:
         now = int(time.time() * 1000)
         step = int(result.get("epochs", 0))
         metrics = [Metric(k, float(v), now, step) for k, v in finals.items()]
+        # The trainer's own tags (``nfstudy.agc_floor_bound``) ride in the result.
+        tags = {OUTCOME: outcome, **{k: str(v) for k, v in result.items() if k.startswith(TAG_PREFIX)}}
         if self.spool is None:
             try:
-                self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(OUTCOME, outcome)])
+                self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
             except Exception as err:
                 self._to_spool(err)
         if self.spool is not None:
             self.spool.metrics(metrics)
-            self.spool.tags({OUTCOME: outcome})
+            self.spool.tags(tags)
         self._terminate("FINISHED")
         if self._tracking is not None and self._header is not None:
             self._tracking._known.setdefault(self._header["experiment_id"], {})[

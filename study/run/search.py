@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from study import paths
 from study.config.expand import fixed_overrides
-from study.config.run_config import HASH_EXCLUDED_KEYS, make_config
+from study.config.run_config import make_config
 from study.config.search_space import EPOCH_METRICS, Distribution, SearchSpec
 from study.config.study_file import StudySpec
 from study.errors import ConfigError
@@ -156,13 +156,15 @@ def plan_search(spec: StudySpec, preset: str | None = None, overrides: dict[str,
     for key, value in space.items():
         for end in (value.low, value.high) if isinstance(value, Distribution) else value:
             make_config({**fixed, key: end}, where=f"{spec.name}: search {key}={end}")
-    flat = make_config(fixed, where=f"{spec.name}: search fixed config").flat()
-    fixed_config = {k: v for k, v in flat.items() if k not in space}
+    config = make_config(fixed, where=f"{spec.name}: search fixed config")
+    fixed_config = {k: v for k, v in config.flat().items() if k not in space}
     direction = search.direction or default_direction(metric)
     identity = {
         "space": _space_dict(space),
         "metric": metric, "direction": direction,
-        "fixed": {k: v for k, v in fixed_config.items() if k not in HASH_EXCLUDED_KEYS},
+        # the same identity as a run's hash: a key added later at its old behaviour keeps the
+        # Optuna study's name, so a search started before it resumes instead of starting over
+        "fixed": {k: v for k, v in config.identity().items() if k not in space},
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
     return SearchPlan(spec, search, space, {k: v for k, v in fixed.items() if k not in space},

@@ -29,7 +29,7 @@ import hashlib
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -168,6 +168,7 @@ class Progress:
     first_epoch: int = 0
     train_loss: float = float("nan")
     val: dict[str, float] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Checkpointer:
@@ -195,7 +196,7 @@ class Checkpointer:
         restore_state_(state, **self.objects)
         metrics = state["metrics"]
         return Progress(state["step"], state["epoch"] + 1, metrics["train/loss"],
-                        {"top1": metrics["val/top1"], "loss": metrics["val/loss"]})
+                        {"top1": metrics["val/top1"], "loss": metrics["val/loss"]}, dict(metrics))
 
     def after_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Save when ``epoch`` (0-based) ends a period of ``every`` epochs."""

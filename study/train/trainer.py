@@ -31,6 +31,7 @@ from study.optim.sgd import build_optimizer, lr_at
 from study.record.tags import COMPLETED, DIVERGED
 from study.train.backends import compiled, configure_backends
 from study.train.checkpoint import Checkpointer
+from study.train.telemetry import Telemetry
 from study.train.world import world as current_world
 
 #: On accelerators, look at the loss this often (a host sync) so a diverged run stops early.
@@ -124,7 +125,9 @@ def train(
         ``outcome`` (``completed`` or ``diverged``), ``val/top1``, ``val/loss``,
         ``test/top1``, ``test/loss``, ``train/loss``, ``time/step_ms``, ``time/total_s``,
         ``epochs``, ``steps``; with ``optim.ema_decay`` also ``test/top1_ema`` and
-        ``test/loss_ema`` (the EMA weights on the test split).
+        ``test/loss_ema`` (the EMA weights on the test split); with AGC on a net with SkipInit
+        gains the tag ``nfstudy.agc_floor_bound`` (``study.train.telemetry``). Each epoch also
+        logs the telemetry metrics of ``study.train.telemetry``.
 
     Example:
         >>> from study import expand, load_study, train
@@ -145,7 +148,7 @@ def train(
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
                                 nesterov=config.optim.nesterov, weight_decay=config.optim.weight_decay)
     agc = (AGC(agc_parameters(model, config.agc.exclude), config.agc.clipping, eps=config.agc.eps,
-               mode=config.agc.mode) if config.agc.clipping is not None else None)
+               mode=config.agc.mode, telemetry=True) if config.agc.clipping is not None else None)
     sam = (SAM(replicated, rho=config.sam.rho, mode=config.sam.mode, fraction=config.sam.fraction)
            if config.sam.mode != "off" else None)
     ema = EMA(model, decay=config.optim.ema_decay) if config.optim.ema_decay else None
@@ -156,6 +159,7 @@ def train(
     checkpoints = Checkpointer(config.config_hash(), config.train.checkpoint_every, world, model=model, device=device,
                                optimizer=optimizer, scaler=scaler, generators={}, ema_module=ema and ema.module)
     progress = checkpoints.resume()
+    telemetry = Telemetry(model, agc, progress.metrics)  # AGC's counts and the gains, read per epoch
     step, train_loss, epochs_done = progress.step, progress.train_loss, progress.first_epoch
     val = progress.val or {"top1": float("nan"), "loss": float("nan")}
     outcome, epoch_times = COMPLETED, []
@@ -206,7 +210,7 @@ def train(
             break
         val = evaluate(model, data.val, precision.autocast)
         metrics = {"train/loss": train_loss, "val/loss": val["loss"], "val/top1": val["top1"], "time/epoch_s": epoch_s,
-                   "time/images_per_s": batches * config.real_batch_size / epoch_s, "lr": lr}
+                   "time/images_per_s": batches * config.real_batch_size / epoch_s, "lr": lr, **telemetry.read()}
         if ema is not None:
             metrics["val/top1_ema"] = evaluate(ema.module, data.val, precision.autocast)["top1"]
         if tracker is not None:
@@ -222,7 +226,7 @@ def train(
     return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "train/loss": train_loss,
             **_test_metrics(model, ema, data, precision, diverged=outcome == DIVERGED),
             "time/step_ms": _step_ms(epoch_times), "time/total_s": time.perf_counter() - start,
-            "epochs": epochs_done, "steps": step}
+            "epochs": epochs_done, "steps": step, **telemetry.tags()}
 
 
 def _record_dataset(config: RunConfig, tracker, data) -> None:

@@ -199,3 +199,41 @@ def test_a_capped_paper_batch_is_named_by_the_lr_it_set_and_the_batch_that_ran()
     verdict = _judge("clip-final-layer", "do-not-clip-classifier", _final_layer_rows(4096), ["data.batch_size"])
     assert list(verdict.numbers) == [
         "Δ test/top1 (not clipped − clipped at lr 0.1·4096/256 = 1.6 (paper batch 4096), real batch 128)"]
+
+
+def _budget_rows(accuracy):
+    """λ {0.01, 0.16} at paper batch 256 (lr 0.1) per step budget, 3 seeds."""
+    return [_run(s, a, **{"agc.clipping": lam, "train.steps": steps, "data.batch_size": 256, "optim.lr": 0.1,
+                          "model.name": "nf_resnet_small", "model.norm": "nf"})
+            for (steps, lam), a in accuracy.items() for s in SEEDS]
+
+
+@pytest.mark.parametrize("long_small, expected, gone", [(0.97, SUPPORTED, "2400 steps"),
+                                                        (0.85, NOT_SUPPORTED, "no budget that ran")])
+def test_budget_penalty_counts_floor_bound_runs_and_names_where_it_is_gone(long_small, expected, gone):
+    rows = _budget_rows({(300, 0.01): 0.79, (300, 0.16): 0.97, (2400, 0.01): long_small, (2400, 0.16): 0.97})
+    verdict = _judge("clip-budget", "small-lambda-penalty-shrinks", rows, ["train.steps", "agc.clipping"])
+    assert verdict.verdict == expected
+    assert verdict.numbers["the small-λ penalty is gone (CI above −1 pt) from"] == gone
+    # λ 0.01 at 300 steps is floor-bound (reachable gain 0.0016): here it is the evidence, not left out
+    assert verdict.numbers["reachable |SkipInit gain| at λ 0.01, 300 steps"] == "0.0016"
+    assert not verdict.left_out
+
+
+def test_budget_penalty_needs_two_budgets():
+    rows = _budget_rows({(300, 0.01): 0.79, (300, 0.16): 0.97})
+    verdict = _judge("clip-budget", "small-lambda-penalty-shrinks", rows, ["train.steps", "agc.clipping"])
+    assert verdict.verdict == INCONCLUSIVE and "one step budget" in verdict.limit
+
+
+def test_table6_leaves_nf_without_scaled_ws_on_neither_side():
+    # Table 6 sets NFNets (Scaled WS) against BN twins; the unscaled NF net is [I]'s control.
+    rows = [_run(s, 0.95, **{"model.name": "nf_resnet_small", "model.norm": "nf", "time/step_ms": 10.0}) for s in SEEDS]
+    rows += [_run(s, 0.951, **{"model.name": "nf_resnet_small", "model.norm": "bn", "time/step_ms": 14.0 + s})
+             for s in SEEDS]
+    rows += [_run(s, 0.30, **{"model.name": "nf_resnet_small", "model.norm": "nf_plain", "time/step_ms": 30.0})
+             for s in SEEDS]
+    verdict = _judge("table6", "nf-matches-bn", rows)
+    assert verdict.verdict == SUPPORTED  # pooled with the unscaled net, NF would lose by ~30 points
+    assert verdict.comparisons[0].row["mean"] == pytest.approx(-0.001, abs=1e-9)
+    assert _judge("table6", "bn-slower", rows).numbers["step time BN / NF"] == "15.0 ms / 10.0 ms = 1.50×"
