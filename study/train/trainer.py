@@ -221,12 +221,17 @@ def train(
 
     val = {"top1": 1.0 / data.num_classes, "loss": float("nan")} if outcome == DIVERGED else val
     checkpoints.finished()
-    if config.train.log_model and hasattr(tracker, "log_state_dict"):  # the weights, as an MLflow artifact
-        tracker.log_state_dict(model.state_dict())
+    _record_weights(config, tracker, model)
     return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "train/loss": train_loss,
             **_test_metrics(model, ema, data, precision, diverged=outcome == DIVERGED),
             "time/step_ms": _step_ms(epoch_times), "time/total_s": time.perf_counter() - start,
             "epochs": epochs_done, "steps": step, **telemetry.tags()}
+
+
+def _record_weights(config: RunConfig, tracker, model: torch.nn.Module) -> None:
+    """``train.log_model``: the trained weights as an MLflow artifact of the run."""
+    if config.train.log_model and hasattr(tracker, "log_state_dict"):
+        tracker.log_state_dict(model.state_dict())
 
 
 def _record_dataset(config: RunConfig, tracker, data) -> None:
