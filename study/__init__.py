@@ -4,10 +4,11 @@ Image Recognition Without Normalization* (ICML 2021, arXiv 2102.06171).
 
 The public API, imported on first use (``import study`` alone loads neither torch nor MLflow)::
 
-    from study import expand, load_study, train
+    from study import expand, load_study, run_study, train
 
     configs = expand(load_study("quickstart"), preset="smoke")
-    metrics = train(configs[0])
+    metrics = train(configs[0])                       # one run, in this process
+    frame = run_study("quickstart", preset="smoke")   # `nfstudy run`, returning the results
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ _PUBLIC = {
     "expand": "study.config.expand",
     "plan": "study.config.expand",
     "train": "study.train.trainer",
+    "run_study": "study.cli.notebook",
     "build_model": "study.models",
     "list_models": "study.models",
     "register_model": "study.models",
+    "register_dataset": "study.data",
     "adaptive_grad_clip_": "study.optim.agc",
     "NfstudyError": "study.errors",
     "ConfigError": "study.errors",
@@ -37,13 +40,16 @@ _PUBLIC = {
 
 __all__ = [
     "ConfigError", "NfstudyError", "RunConfig", "StudySpec", "adaptive_grad_clip_", "build_model", "expand",
-    "list_models", "list_studies", "load_study", "make_config", "plan", "register_model", "train",
+    "list_models", "list_studies", "load_study", "make_config", "plan", "register_dataset", "register_model",
+    "run_study", "train",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from study.cli.notebook import run_study
     from study.config.expand import expand, plan
     from study.config.run_config import RunConfig, make_config
     from study.config.study_file import StudySpec, list_studies, load_study
+    from study.data import register_dataset
     from study.errors import ConfigError, NfstudyError
     from study.models import build_model, list_models, register_model
     from study.optim.agc import adaptive_grad_clip_

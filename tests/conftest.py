@@ -28,7 +28,19 @@ def nfstudy_home(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("NFSTUDY_STORAGE", raising=False)
     monkeypatch.delenv("NFSTUDY_EXPERIMENTS", raising=False)
+    _forget_plugins(monkeypatch)
     return home
+
+
+def _forget_plugins(monkeypatch) -> None:
+    """Each test starts without the plugins an earlier one imported: none exported to the
+    processes it starts, none in its code fingerprint."""
+    from study import plugins
+
+    monkeypatch.delenv(plugins.PLUGINS_ENV, raising=False)
+    monkeypatch.delenv(plugins.PATH_ENV, raising=False)
+    monkeypatch.setattr(plugins, "_loaded", {})
+    monkeypatch.setitem(plugins._state, "entry_points", False)
 
 
 @pytest.fixture

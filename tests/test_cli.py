@@ -26,7 +26,7 @@ def test_list_piped_gives_one_whole_name_per_line():
     assert done.returncode == 0, done.stderr
     rows = [line.split("\t") for line in done.stdout.splitlines()]
     assert [row[0] for row in rows] == list_studies()
-    assert all(len(row) == 4 and row[1].isdigit() for row in rows)
+    assert all(len(row) == 5 and row[1].isdigit() and row[2] == f"0/{row[1]}" for row in rows)  # done/total
 
 
 def test_list_at_an_80_column_terminal_cuts_descriptions_not_names():

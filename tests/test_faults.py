@@ -194,6 +194,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(study_file, nfstudy_home,
     code, out = finish(coordinator, timeout=120)
     assert code == 130, out
     assert "not finished (interrupted; the next run resumes)" in " ".join(out.split())
+    assert re.search(r"ctrl-c: [0-3]/4 done; run the same command to resume", out), out
     if signum == signal.SIGTERM:  # the resume below is the same after either signal
         assert not [r for r in child_runs(local_uri(nfstudy_home), "ctrl-c") if r.info.status == "RUNNING"]
         return

@@ -135,11 +135,11 @@ def edited_code(package, monkeypatch):
     def edit(path: str, old: str, new: str) -> str:
         _edit(package / path, old, new)
         monkeypatch.setattr(fingerprint, "PACKAGE", package)
-        fingerprint.code_fingerprint.cache_clear()
+        fingerprint._package_fingerprint.cache_clear()
         return fingerprint.code_fingerprint()
 
     yield edit
-    fingerprint.code_fingerprint.cache_clear()
+    fingerprint._package_fingerprint.cache_clear()
 
 
 def test_a_code_change_makes_finished_runs_stale(study_file, edited_code, nfstudy_home, capsys):

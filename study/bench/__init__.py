@@ -19,7 +19,7 @@ from study.bench.harness import Settings, host_info
 from study.errors import ConfigError
 
 #: Groups of figures ``--only`` selects.
-GROUPS = ("framework", "gpu", "cifar")
+GROUPS = ("framework", "gpu", "cifar", "cli")
 
 
 def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool = False,
@@ -43,7 +43,7 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         cifar_root: a local CIFAR-10 copy for ``cifar10_seconds_to_94`` (CUDA only; default:
             the ``cifar10`` preset's ``data.root``).
         only: groups of :data:`GROUPS` to measure (default: all that the device has; ``gpu``
-            and ``cifar`` need CUDA).
+            and ``cifar`` need CUDA; ``cli``: how fast ``list`` and ``show`` answer).
 
     Returns:
         ``{"device", "host", "quick", "results": [{"name", "value", "baseline", "ratio",
@@ -67,9 +67,9 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
         raise ConfigError(f"bench --threads: got {threads}; allowed: an integer >= 1")
     groups = list(GROUPS if only is None else dict.fromkeys(only))
     if only is None and device == "cpu":
-        groups = ["framework"]
+        groups = ["framework", "cli"]
     for group in groups:
-        if group not in GROUPS or (group != "framework" and device == "cpu"):
+        if group not in GROUPS or (group in ("gpu", "cifar") and device == "cpu"):
             raise ConfigError(f"bench --only: got {group!r}; allowed: {', '.join(GROUPS)} "
                               "(gpu and cifar with --device cuda)")
     if threads is None and device == "cpu":
@@ -84,6 +84,10 @@ def run_bench(device: str = "cpu", model: str = "nf_resnet_small", quick: bool =
             results += gpu_figures(settings, log)
         if "cifar" in groups:
             results += cifar_figures(settings, log, cifar_root)
+        if "cli" in groups:
+            from study.bench.cli import cli_figures
+
+            results += cli_figures(settings, log)
         host["wall_s"] = round(time.perf_counter() - start, 1)
         host["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     finally:

@@ -19,23 +19,48 @@ from typer.exceptions import TyperException
 
 from study.cli import cluster
 from study.cli.common import (
+    AddSeedsOpt,
+    ImportOpt,
     OldStorageOpt,
+    OnlyOpt,
     PresetOpt,
     QueueOpt,
     SearchStorageOpt,
+    SeedsOpt,
     SetOpt,
     StudyArg,
+    SweepOpt,
     TrackingOpt,
+    cap_notes as _cap_notes,
     console,
     err_console,
     notes as _notes,
     plan_runs as _plan,
     preflight_checks as _preflight,
 )
+from study.cli.examples import epilog
 from study.errors import ConfigError, NfstudyError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode="rich",
                   help="Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from study import __version__
+
+        console.print(f"nfstudy {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print nfstudy's version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error instead of one line "
+                                        "(anywhere on the command line).")] = False,
+) -> None:
+    """Declarative ablation studies on PyTorch (NFNets paper), tracked in MLflow."""
 
 
 def _search_storage(command: str, storage: Optional[str], old: Optional[str]) -> Optional[str]:
@@ -49,27 +74,70 @@ def _search_storage(command: str, storage: Optional[str], old: Optional[str]) ->
     return storage if storage is not None else old
 
 
-@app.command("list")
-def list_cmd() -> None:
-    """The studies on the search path with their run counts (tab-separated when piped)."""
-    from study.config.expand import plan
-    from study.config.study_file import hidden_studies, list_studies, load_study
+@app.command("list", epilog=epilog("list"))
+def list_cmd(
+    tracking_uri: TrackingOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per study, one per line.")] = False,
+) -> None:
+    """The studies on the search path with their runs done/total (tab-separated when piped)."""
+    import json
 
+    from study import paths
+    from study.cli.store_reader import finished_runs
+    from study.config.study_file import hidden_studies, list_studies
+
+    uri = paths.tracking_uri(tracking_uri)
+    recorded = finished_runs(uri)
     rows = []
     for name in list_studies():
-        spec = load_study(name)
-        rows.append((name, str(len(plan(spec))), spec.paper or "", " ".join(spec.description.split())))
-    _print_list(rows, console)
+        cached = _cached_plan(name)
+        done = _done(uri, recorded, cached)
+        rows.append({"study": name, "runs": len(cached.runs), "done": done, "paper": cached.paper,
+                     "description": " ".join(cached.description.split())})
+    if json_:
+        for row in rows:
+            console.file.write(json.dumps(row) + "\n")
+    else:
+        _print_list([(r["study"], str(r["runs"]), "" if r["done"] is None else f"{r['done']}/{r['runs']}",
+                      r["paper"] or "", r["description"]) for r in rows], console)
     for hidden, by in hidden_studies().items():
         err_console.print(f"note: {by} hides {hidden} (same name)")
+
+
+def _cached_plan(name: str, preset: Optional[str] = None, sets: Optional[list[str]] = None,
+                 sweeps: Optional[list[str]] = None, seeds: Optional[str] = None, add_seeds: int = 0):
+    """The study's plan as ``list`` and ``show`` print it, from :mod:`study.cli.plan_cache`."""
+    from study.cli.plan_cache import cached_plan
+
+    def notes(runs) -> list[str]:
+        return _cap_notes(runs, preset)
+
+    return cached_plan(name, lambda: _plan(name, preset, sets, sweeps, seeds, add_seeds), notes,
+                       [preset, sets, sweeps, seeds, add_seeds])
+
+
+def _done(uri: str, recorded, cached) -> Optional[int]:
+    """How many of the plan's runs this study has FINISHED by this code (``None``: the
+    store cannot be read now)."""
+    from study.cli.store_reader import survey_sqlite
+
+    found = survey_sqlite(uri, cached.name, cached.runs, recorded=recorded)
+    if found is None:
+        from study.run.run_cache import open_tracking, survey
+
+        try:
+            found = survey(open_tracking(uri), cached.name, cached.runs)
+        except Exception:  # noqa: BLE001 - a list is still worth printing without counts
+            return None
+    return len(found.done)
 
 
 def _print_list(rows: list[tuple[str, ...]], out: Console) -> None:
     """A table at a terminal; one tab-separated line per study otherwise (scripts read
     whole names). Names, counts and papers are never cut: only descriptions are shortened to
     fit, and a terminal too narrow even for that gets the lines too."""
-    headers = ("study", "runs", "paper", "description")
-    widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(3)]
+    headers = ("study", "runs", "done", "paper", "description")
+    widths = [max([len(headers[i])] + [len(row[i]) for row in rows]) for i in range(4)]
     room = out.width - sum(widths) - (3 * len(headers) + 1)  # borders and padding
     if not out.is_terminal or room < 12:
         for row in rows:  # not through rich, which would expand the tabs
@@ -83,37 +151,62 @@ def _print_list(rows: list[tuple[str, ...]], out: Console) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(epilog=epilog("show"))
 def show(
     name: StudyArg,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    sweep: SweepOpt = None,
+    seeds: SeedsOpt = None,
+    add_seeds: AddSeedsOpt = 0,
+    imports: ImportOpt = None,
     tracking_uri: TrackingOpt = None,
     config: Annotated[Optional[str], typer.Option(
-        "--config", help="Print one run's resolved config (its # in the table, or its config hash).")] = None,
+        "--config", metavar="#|HASH", help="Print one run's resolved config (its # in the table, or its config "
+        "hash).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the plan and its state as one JSON object.")] = False,
 ) -> None:
     """The expanded runs of a study (arm, grid values, seed, hash) and what is recorded of them."""
     from study import paths
-    from study.cli.preflight import check_tracking
-    from study.run.run_cache import open_tracking, survey
+    from study.cli.store_reader import survey_sqlite
+    from study.record.stores import check_tracking  # not through preflight, which imports torch
 
-    spec, runs = _plan(name, preset, set_)
     if config is not None:
-        _print_config(runs, config)
+        _print_config(_plan(name, preset, set_, sweep, seeds, add_seeds, imports)[1], config)
         return
+    if imports:  # a plugin decides the plan: never from the cache
+        from study.cli.plan_cache import fresh_plan
+
+        cached = fresh_plan(*_plan(name, preset, set_, sweep, seeds, add_seeds, imports), _cap_notes, preset)
+    else:
+        cached = _cached_plan(name, preset, set_, sweep, seeds, add_seeds)
     uri = paths.tracking_uri(tracking_uri)
     check_tracking(uri)  # a dead server is one line, not a traceback
-    found = survey(open_tracking(uri), spec.name, runs)
+    found = survey_sqlite(uri, cached.name, cached.runs)
+    if found is None:
+        from study.run.run_cache import open_tracking, survey
+
+        found = survey(open_tracking(uri), cached.name, cached.runs)
     state = {**{h: "stale" for h in (*found.stale, *found.unknown)}, **{h: "copy" for h in found.copies},
              **{h: "yes" for h in found.done}}
-    table = Table("#", "arm", *spec.grid, "seed", "hash", "done", title=f"{spec.name}: {len(runs)} runs")
-    for i, run in enumerate(runs):
-        table.add_row(str(i), run.arm or "-", *(str(v) for v in run.point.values()), str(run.seed),
+    if json_:
+        import json
+
+        console.file.write(json.dumps({
+            "study": cached.name, "runs": [{"#": i, "arm": run.arm, **run.point, "seed": run.seed, "name": run.name,
+                                            "hash": run.config_hash, "done": state.get(run.config_hash, "")}
+                                           for i, run in enumerate(cached.runs)],
+            "done": len(found.done), "copies": len(found.copies), "stale": len(found.stale) + len(found.unknown),
+            "to_run": found.to_train, "total": found.total}) + "\n")
+        return
+    table = Table("#", "arm", *cached.grid, "seed", "hash", "done", title=f"{cached.name}: {len(cached.runs)} runs")
+    for i, run in enumerate(cached.runs):
+        table.add_row(str(i), run.arm or "-", *(str(run.point.get(k, "")) for k in cached.grid), str(run.seed),
                       run.config_hash, state.get(run.config_hash, ""))
     console.print(table)
     console.print(f"{found.summary()} (done: recorded by this code; copy: another study has it; stale: trained "
                   "by other code)")
-    _notes(spec, runs, preset)
+    _notes(cached, cached.runs, preset, cached.notes)
 
 
 def _print_config(runs, which: str) -> None:
@@ -128,11 +221,18 @@ def _print_config(runs, which: str) -> None:
     console.print(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
-@app.command()
+@app.command(epilog=epilog("run"))
 def run(
     name: StudyArg,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    sweep: SweepOpt = None,
+    seeds: SeedsOpt = None,
+    add_seeds: AddSeedsOpt = 0,
+    only: OnlyOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Train the chosen runs (--only, else all) again even if "
+                                        "done; the old runs stay in MLflow, tagged nfstudy.role=superseded.")] = False,
+    imports: ImportOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks and say what it "
                                           "would do (train, copy, reuse); train and write nothing.")] = False,
     tracking_uri: TrackingOpt = None,
@@ -159,6 +259,7 @@ def run(
     `nfstudy worker` on other machines train them. Ctrl-C stops cleanly (exit 130)."""
     from study import paths
     from study.cli.progress import RunProgress
+    from study.config.expand import select
     from study.record.study_parent import record_study
     from study.record.tracking import Tracking
     from study.run.coordinator import execute
@@ -168,7 +269,8 @@ def run(
     if reuse_stale and rerun_stale:
         raise ConfigError("--reuse-stale and --rerun-stale exclude each other: keep stale runs, or train them again")
     policy = Stale.REUSE if reuse_stale else Stale.RERUN if rerun_stale else Stale.STOP
-    spec, runs = _plan(name, preset, set_)
+    spec, planned = _plan(name, preset, set_, sweep, seeds, add_seeds, imports)
+    runs = select(planned, only)
     if until_resolved:
         from study.run.until_resolved import check
 
@@ -176,6 +278,8 @@ def run(
     check_placement(workers, nproc_per_node, {r.config.train.device for r in runs}, visible_gpus())
     _preflight(runs, tracking_uri, storage)
     found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs, policy)
+    if force:
+        found = found.forced_again()
     if dry_run:
         _print_dry_run(spec, runs, found)
         _notes(spec, runs, preset)
@@ -188,18 +292,20 @@ def run(
     with RunProgress(console, spec.name, len(runs), workers) as progress:
         def prepared(ready) -> None:
             try:
-                record_study(tracking, ready.parent_id, spec, runs, scale)
+                record_study(tracking, ready.parent_id, spec, planned, scale)
             except Exception as err:  # noqa: BLE001 - the runs matter more than their summary
                 err_console.print(f"warning: the study file and plan were not logged on the parent run: {err}")
             progress.on_prepared(ready)
 
         summary = execute(spec, runs, tracking, workers=workers, storage=storage, on_prepared=prepared,
                           on_progress=progress.on_progress, on_event=progress.on_event, on_epoch=progress.on_epoch,
-                          nproc_per_node=nproc_per_node, stale=policy)
+                          nproc_per_node=nproc_per_node, stale=policy, force=force)
     console.print(f"{spec.name}: {summary.completed} completed, {summary.diverged} diverged, "
                   + (f"{len(summary.failed)} not finished (interrupted; the next run resumes)" if summary.interrupted
                      else f"{len(summary.failed)} failed") + f", {summary.done_before} were already done")
     if summary.interrupted:
+        done = summary.completed + summary.diverged + summary.done_before
+        console.print(f"{spec.name}: {done}/{len(runs)} done; run the same command to resume")
         raise KeyboardInterrupt
     if until_resolved and not summary.failed:
         from study.config.expand import parse_overrides
@@ -249,7 +355,7 @@ def _sync_spool(tracking) -> None:
         console.print(f"sync: {summary.uploaded} spooled runs uploaded, {summary.duplicates} duplicates dropped")
 
 
-@app.command()
+@app.command(epilog=epilog("sync"))
 def sync(tracking_uri: TrackingOpt = None) -> None:
     """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
     unreachable. Idempotent: a config already FINISHED is not recorded twice."""
@@ -265,7 +371,7 @@ def sync(tracking_uri: TrackingOpt = None) -> None:
     _sync_spool(Tracking(tracking_uri))
 
 
-@app.command()
+@app.command(epilog=epilog("ui"))
 def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[Optional[str], typer.Option(help="Interface to bind (default 127.0.0.1). Anything else opens "
@@ -291,7 +397,7 @@ def ui(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=epilog("worker"))
 def worker(
     study: Annotated[str, typer.Option("--study", help="The study whose queue to join (its name; no study file "
                                        "needed).")],
@@ -306,6 +412,7 @@ def worker(
                                          "this process.")] = 1,
     plan: Annotated[Optional[str], typer.Option(hidden=True, help="Train only this plan's configs (a local "
                                                 "coordinator's).")] = None,
+    imports: ImportOpt = None,
 ) -> None:
     """Join a study's queue (e.g. from another machine) and train until the queue is empty.
 
@@ -316,11 +423,13 @@ def worker(
 
     from study import paths
     from study.cli import preflight
+    from study.plugins import use_plugins
     from study.record.tracking import Tracking
     from study.run.coordinator import run_local_workers
     from study.run.queue import RunQueue, storage_url
     from study.run.worker import run_worker
 
+    use_plugins(imports or [], folder=os.getcwd() if imports else None)  # the study file's plugins: are not here
     # A wrong URL is one line and exit 2 within seconds; an outage later is ridden out.
     preflight.check_storage(storage_url(storage))
     preflight.check_tracking(paths.tracking_uri(tracking_uri))
@@ -351,7 +460,7 @@ def worker(
         raise KeyboardInterrupt
 
 
-@app.command()
+@app.command(epilog=epilog("search"))
 def search(
     name: Annotated[str, typer.Argument(help="Study name or path to a study YAML file with a 'search:' section.")],
     trials: Annotated[int, typer.Option("--trials", min=1, help="Trials to add to the search.")] = 20,
@@ -359,9 +468,10 @@ def search(
     old_storage: OldStorageOpt = None,
     preset: PresetOpt = None,
     set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Override a config key of every trial, e.g. --set data.batch_size=4096 (repeatable); a "
-        "searched key set here is pinned.")] = None,
+        "--set", metavar="KEY=VALUE", help="Override a config key of every trial, e.g. --set data.batch_size=4096 "
+        "(repeatable); a searched key set here is pinned.")] = None,
     tracking_uri: TrackingOpt = None,
+    imports: ImportOpt = None,
 ) -> None:
     """Optuna search over the study's 'search:' space; running it again adds trials to the same study."""
     import statistics
@@ -370,12 +480,15 @@ def search(
 
     from study import paths
     from study.cli import preflight
+    from study.cli.progress import TrialProgress
     from study.config.expand import parse_overrides
     from study.config.study_file import load_study
+    from study.plugins import use_plugins
     from study.record.tracking import Tracking
     from study.run.search import open_storage, plan_search, run_search
 
     storage = _search_storage("search", search_storage, old_storage)
+    use_plugins(imports or [], folder=os.getcwd() if imports else None)
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     preflight.check_storage(paths.optuna_storage(storage))  # a wrong URL: one line within seconds
@@ -384,13 +497,14 @@ def search(
     console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"
                   + (f"; pinned by --set: {', '.join(pinned)}" if pinned else ""))
 
-    def on_trial(record) -> None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
-        value = "" if record.value is None else f" {plan.metric} {record.value:.3f}"
-        console.print(f"  trial {record.number}: {params} → {record.outcome}{value} "
-                      f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)")
+    with TrialProgress(console, trials) as progress:
+        def on_trial(record) -> None:
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items())
+            value = "" if record.value is None else f" {plan.metric} {record.value:.3f}"
+            progress.done(f"  trial {record.number}: {params} → {record.outcome}{value} "
+                          f"({record.wall_s:.1f} s, overhead {record.overhead_ms:.0f} ms)")
 
-    result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
+        result = run_search(plan, trials, storage=storage, tracking=Tracking(tracking_uri), on_trial=on_trial)
     console.print(f"Optuna study {result.study_name} in {result.storage}: {result.existed} trials existed"
                   + (f" ({result.recovered} left RUNNING by a dead search process, now FAIL)" if result.recovered else "")
                   + f", {len(result.trials)} added")
@@ -405,15 +519,15 @@ def search(
                       f"(MLflow experiment '{plan.experiment}', parent run {result.parent_run_id})")
 
 
-@app.command()
+@app.command(epilog=epilog("report"))
 def report(
     name: Annotated[Optional[str], typer.Argument(help="Study name or path to a study YAML file.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Report every study on the search path and write an index "
                                        "page.")] = False,
-    preset: Annotated[Optional[str], typer.Option(help="Report the runs of this preset (default: every scale "
-                                                  "that has runs).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Report the runs made with these "
-                                                      "overrides.")] = None,
+    preset: Annotated[Optional[str], typer.Option(metavar="NAME", help="Report the runs of this preset (default: "
+                                                  "every scale that has runs).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Report the runs made "
+                                                      "with these overrides.")] = None,
     tracking_uri: TrackingOpt = None,
     search_storage: SearchStorageOpt = None,
     old_storage: OldStorageOpt = None,
@@ -549,7 +663,7 @@ def _signal_propagation(spec, need):
     return pd.concat(frames, ignore_index=True)
 
 
-@app.command()
+@app.command(epilog=epilog("bench"))
 def bench(
     json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     device: str = typer.Option("cpu", help="cpu or cuda: where every figure is measured."),
@@ -558,7 +672,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="torch.set_num_threads for the bench (default: 1 on cpu, torch's on cuda)."),
     compile_: bool = typer.Option(False, "--compile", help="Also measure train.compile (a minute of compilation on a CPU)."),
     cifar_root: Optional[str] = typer.Option(None, help="Local CIFAR-10 copy for the time-to-94% figure (cuda; default: the cifar10 preset's data.root)."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Measure only these groups: framework, gpu, cifar (repeatable; gpu and cifar need --device cuda)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Measure only these groups: framework, gpu, cifar, cli (repeatable; gpu and cifar need --device cuda)."),
 ) -> None:
     """What the framework costs: each figure a ratio against a baseline measured in this run."""
     import json
@@ -598,7 +712,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: runs the app, turning bad input into one line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    args = [a for a in args if a != "--debug"] or ["--help"]  # a bare `nfstudy` prints the help
+    if not debug:  # MLflow's INFO lines ("Creating initial MLflow database tables...") are noise here
+        import logging
+
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # also for the workers this process starts
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
     try:
         # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
         code = app(args=args, prog_name="nfstudy", standalone_mode=False)
@@ -618,6 +737,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (click.exceptions.ClickException, TyperException) as err:  # typer ≥ 0.20 vendors click
         if debug:
             raise
+        ctx = getattr(err, "ctx", None)
+        param = getattr(err, "param", None)  # typer ≥ 0.20's vendored click has its own exception classes
+        if type(err).__name__ == "MissingParameter" and getattr(param, "param_type_name", "") == "argument" \
+                and ctx is not None:
+            err_console.print(ctx.get_usage())  # what the command takes, as click prints it
+            err_console.print(f"error: {_one_line(err.format_message())} (nfstudy {ctx.info_name} --help: "
+                              "every option, with examples)")
+            return 2
         err_console.print(f"error: {_one_line(err.format_message())}")
         return 2
     return code if isinstance(code, int) else 0

@@ -9,7 +9,8 @@ The fingerprint covers :data:`TRAINING_SOURCES`, the code that computes a run's 
 and only what can change them: comments, docstrings, blank lines and trailing spaces are
 left out, so rewording a docstring keeps every run fresh, while any change to a statement
 makes them stale (even one that happens not to move a number: the fingerprint cannot
-tell). The CLI, the report, the queue and the tracking code are not in it.
+tell). The CLI, the report, the queue and the tracking code are not in it. The source of
+every loaded plugin (:mod:`study.plugins`: your models and data sets) is in it too.
 """
 
 from __future__ import annotations
@@ -31,10 +32,30 @@ PACKAGE = Path(__file__).resolve().parents[1]
 TRAINING_SOURCES = ("models", "optim", "data", "train", "config/run_config.py")
 
 
-@functools.cache
 def code_fingerprint() -> str:
-    """16 hex digits over the normalised :data:`TRAINING_SOURCES` of this process's package."""
+    """16 hex digits over the normalised :data:`TRAINING_SOURCES` of this process's package,
+    and over the source of its plugins (:func:`study.plugins.plugin_sources`) if it has any."""
+    from study.plugins import load_plugins, plugin_sources
+
+    load_plugins()
+    plugins = plugin_sources()
+    if not plugins:  # the fingerprint runs trained before plugins existed carry
+        return _package_fingerprint()
+    digest = hashlib.sha256(_package_fingerprint().encode())
+    for path in plugins:
+        digest.update(f"\n{path.name}\n{_file_fingerprint(path, path.stat().st_mtime_ns)}".encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _package_fingerprint() -> str:
     return source_fingerprint(PACKAGE, TRAINING_SOURCES)
+
+
+@functools.cache
+def _file_fingerprint(path: Path, mtime_ns: int) -> str:
+    """One plugin file's normalised source, hashed (again only when the file changes)."""
+    return hashlib.sha256(normalised_source(path.read_text()).encode()).hexdigest()
 
 
 def source_fingerprint(root: Path, sources: tuple[str, ...]) -> str:

@@ -5,8 +5,11 @@ grid point → seed → the caps of a ``--preset`` → ``--set`` overrides. Ever
 is validated before anything runs, and identified by :meth:`RunConfig.config_hash`.
 
 ``--set`` on a grid key replaces that axis by the one value given (the runs are named
-after it); ``--set`` on a key that an arm sets is refused, since it would make the arms
-one run under several names. An on-disk data set's contents enter each run's identity
+after it); ``--sweep key=a,b`` (Hydra's comma list) replaces that axis by those values, or
+adds it to the grid when the study has no such axis; ``--set`` or ``--sweep`` on a key that
+an arm sets is refused, since it would make the arms one run under several names.
+``--seeds 0-4`` replaces the study's seeds and ``--add-seeds N`` appends N new ones; every
+arm and grid point gets the same seeds, so the arms stay paired. An on-disk data set's contents enter each run's identity
 through ``data.id`` (:mod:`study.data.fingerprint`), filled in here when the study leaves
 it unset.
 """
@@ -61,13 +64,103 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set '{item}': expected key=value, e.g. --set agc.clipping=0.02")
-        try:
-            overrides[key.strip()] = load_yaml(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set '{item}': value '{text}' is not valid YAML") from None
+        overrides[key.strip()] = _scalar(text, f"--set '{item}'")
     if "seed" in overrides:
         raise ConfigError("--set seed: seeds come from the study's 'seeds:' list (arms stay paired)")
     return overrides
+
+
+def parse_sweeps(items: list[str] | None) -> dict[str, list[Any]]:
+    """``["agc.clipping=0.01,0.02"]`` → ``{"agc.clipping": [0.01, 0.02]}``: Hydra's comma
+    lists, each value a YAML scalar.
+
+    Raises:
+        ConfigError: not ``key=v1,v2``, a repeated key or value, or ``seed`` (use ``--seeds``).
+    """
+    sweeps: dict[str, list[Any]] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ConfigError(f"--sweep '{item}': expected KEY=V1,V2,..., e.g. --sweep agc.clipping=0.01,0.02")
+        if key == "seed":
+            raise ConfigError("--sweep seed: give seeds with --seeds 0-4 (or --add-seeds N): arms stay paired")
+        if key in sweeps:
+            raise ConfigError(f"--sweep {key}: given twice; list every value once: --sweep {key}=V1,V2")
+        values = [_scalar(part.strip(), f"--sweep '{item}'") for part in text.split(",")]
+        if len({repr(v) for v in values}) != len(values):
+            raise ConfigError(f"--sweep '{item}': a value is listed twice")
+        sweeps[key] = values
+    return sweeps
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"0-4"`` → ``[0, 1, 2, 3, 4]``; ``"0,2,5"`` → ``[0, 2, 5]``; ranges and lists mix
+    (``"0-2,7"``). ``None`` → ``None``.
+
+    Raises:
+        ConfigError: anything but non-negative integers and ascending ranges.
+    """
+    if text is None:
+        return None
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)):
+            raise ConfigError(f"--seeds {text}: expected seeds like 0-4 or 0,1,2 (non-negative integers)")
+        seeds += range(int(low), int(high) + 1) if dash else [int(low)]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text}: a seed is listed twice")
+    return seeds
+
+
+def with_axes(spec: StudySpec, sweeps: dict[str, list[Any]] | None = None, seeds: list[int] | None = None,
+              add_seeds: int = 0) -> StudySpec:
+    """``spec`` with ``--sweep`` axes (added, or replacing the study's), ``--seeds`` and
+    ``--add-seeds`` applied: the spec the command line describes.
+
+    Raises:
+        ConfigError: a swept key that is not a config key or that an arm sets.
+    """
+    if not sweeps and seeds is None and not add_seeds:
+        return spec
+    if add_seeds < 0:
+        raise ConfigError(f"--add-seeds {add_seeds}: must be a positive number of seeds")
+    sweeps = sweeps or {}
+    from study.config.run_config import check_keys
+
+    check_keys(list(sweeps), "--sweep")
+    _refuse_arm_keys(spec, sweeps, "--sweep")
+    chosen = list(seeds if seeds is not None else spec.seeds)
+    chosen += range(max(chosen) + 1, max(chosen) + 1 + add_seeds)
+    return spec.model_copy(update={"grid": {**spec.grid, **sweeps}, "seeds": chosen})
+
+
+def select(runs: list[PlannedRun], only: list[str] | None) -> list[PlannedRun]:
+    """The runs ``--only`` names (each entry an arm, a config hash or a run's # in
+    ``nfstudy show``); all of them when ``only`` is empty.
+
+    Raises:
+        ConfigError: an entry that names no run.
+    """
+    if not only:
+        return runs
+    chosen: set[int] = set()
+    for entry in only:
+        hits = {i for i, run in enumerate(runs) if entry in (run.arm, run.config_hash, str(i))}
+        if not hits:
+            arms = sorted({run.arm for run in runs if run.arm})
+            raise ConfigError(f"--only {entry}: no run has that arm, config hash or # (0…{len(runs) - 1})"
+                              + (f"; arms: {', '.join(arms)}" if arms else ""))
+        chosen |= hits
+    return [run for i, run in enumerate(runs) if i in chosen]
+
+
+def _scalar(text: str, where: str) -> Any:
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: value '{text}' is not valid YAML") from None
 
 
 def study_base(spec: StudySpec, preset: str | None = None) -> Preset | None:
@@ -103,14 +196,18 @@ def check_overrides(spec: StudySpec, overrides: dict[str, Any]) -> dict[str, lis
     Raises:
         ConfigError: a ``--set`` key that an arm sets.
     """
-    for key in overrides:
+    _refuse_arm_keys(spec, overrides, "--set")
+    return {key: [overrides[key]] if key in overrides else values for key, values in spec.grid.items()}
+
+
+def _refuse_arm_keys(spec: StudySpec, keys, option: str) -> None:
+    for key in keys:
         setters = [f"{arm}: {values[key]!r}" for arm, values in spec.arms.items() if key in values]
         if setters:
             raise ConfigError(
-                f"--set {key}: the arms of {spec.name} set it ({', '.join(setters)}), so --set would make them "
-                "one run under several names; drop it, or change the arms in a copy of the study file and "
+                f"{option} {key}: the arms of {spec.name} set it ({', '.join(setters)}), so {option} would make "
+                "them one run under several names; drop it, or change the arms in a copy of the study file and "
                 "run that file")
-    return {key: [overrides[key]] if key in overrides else values for key, values in spec.grid.items()}
 
 
 def plan(

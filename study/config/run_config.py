@@ -19,12 +19,15 @@ from study.errors import ConfigError, did_you_mean
 
 #: Keys that say *where* a run executes, not *what* it computes. They are left out of the
 #: config hash so that the same study resumes on another machine or data path.
-HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers")
+HASH_EXCLUDED_KEYS = ("train.device", "data.root", "data.download", "data.num_workers", "train.system_metrics",
+                      "train.log_model", "train.log_dataset")
 
 
 def _legacy_classifier_init_std(config: "RunConfig") -> float:
-    from study.models import legacy_classifier_init_std
+    from study.models import legacy_classifier_init_std, list_models
 
+    if config.model.name not in list_models():  # timm/<name>: no runs before the key existed
+        return 0.01
     return legacy_classifier_init_std(config.model.name)
 
 
@@ -64,7 +67,8 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = "nf_resnet_small"
-    """Registered model name (``nfstudy list-models`` / ``study.models.list_models()``)."""
+    """Registered model name (``study.models.list_models()``, plugins' included), or
+    ``timm/<name>`` for any timm model (``pip install 'nfstudy[timm]'``; random weights)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Dropout before the classifier; ``None`` = the variant's default (NFNet-F0: 0.2)."""
     stochastic_depth: float | None = Field(None, ge=0.0, lt=1.0)
@@ -99,17 +103,24 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from study.models import list_models
+        from study.models import known_model, list_models
 
+        try:
+            if known_model(name):
+                return name
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("model.name: ")) from None
         names = list_models()
-        if name not in names:
-            raise ValueError(f"unknown model '{name}'{did_you_mean(name, names)}; registered: {', '.join(names)}")
-        return name
+        raise ValueError(f"unknown model '{name}'{did_you_mean(name, names)}; registered: {', '.join(names)}, or "
+                         "timm/<name> (timm's models), or your own through a plugin (README, \"Your own model "
+                         "and data\")")
 
 
 class DataConfig(_Section):
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "fake"] = "digits"
-    """Data set. ``digits`` is embedded (scikit-learn), the others load from ``root``."""
+    name: str = "digits"
+    """Data set: ``digits`` (embedded, scikit-learn), ``fake`` (generated), ``cifar10``,
+    ``cifar100``, ``imagefolder`` (from ``root``), or your own: ``python:pkg.module:factory``
+    or a name a plugin registered (:mod:`study.data.python`)."""
     root: str | None = None
     """Data set directory. Never downloads unless ``download`` is true. Machine-local: not in
     the config hash (``id`` stands for the contents)."""
@@ -167,6 +178,17 @@ class DataConfig(_Section):
     num_examples: int | None = Field(None, gt=0)
     """``fake`` only: how many synthetic training images."""
 
+    @field_validator("name")
+    @classmethod
+    def _known_data(cls, name: str) -> str:
+        from study.data.python import check_data_name
+
+        try:
+            check_data_name(name)
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("data.name: ")) from None
+        return name
+
     @field_validator("randaugment", mode="before")
     @classmethod
     def _magnitude(cls, value: Any) -> Any:
@@ -178,8 +200,9 @@ class DataConfig(_Section):
 
     @property
     def on_disk(self) -> bool:
-        """Whether the data set is read from ``root`` (digits is embedded, fake generated)."""
-        return self.name in ON_DISK_DATA
+        """Whether the data set is read from ``root`` (digits is embedded, fake generated; your
+        own data set is when it has a ``root``)."""
+        return self.name in ON_DISK_DATA or (self.root is not None and self.name not in ("digits", "fake"))
 
 
 class TrainConfig(_Section):
@@ -200,6 +223,16 @@ class TrainConfig(_Section):
     tf32: Literal["convolutions", "all", "off"] = "convolutions"
     """Where fp32 work may use TF32 tensor cores on a GPU (Ampere+): ``convolutions``
     (PyTorch's default), ``all`` (matrix products too) or ``off`` (true fp32)."""
+    log_dataset: bool = False
+    """Log the data set as the run's input (MLflow's "Datasets used": name, ``data.id``,
+    ``data.root``, size and shape). Not in the config hash."""
+    log_model: bool = False
+    """Log the trained weights on the child run, artifact ``model/state_dict.pt`` (load with
+    ``torch.load(path, weights_only=True)``). Not in the config hash."""
+    system_metrics: bool = False
+    """Record CPU, memory, disk, network and (with ``nvidia-ml-py``) GPU use on the run, as
+    MLflow's ``system/*`` metrics (needs ``psutil``). Not in the config hash: it records, it
+    computes nothing."""
     deterministic: bool = False
     """Deterministic algorithms only (and no cuDNN autotuning): bit-exact repeats and resumes
     on one GPU model and torch build; slower, and an op without one raises."""

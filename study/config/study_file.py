@@ -85,6 +85,9 @@ class StudySpec(BaseModel):
     figures: list[FigureSpec] = Field(default_factory=list)
     search: SearchSpec | None = None
     """What ``nfstudy search`` searches (Optuna); ``None``: the study is not searchable."""
+    plugins: list[str] = Field(default_factory=list)
+    """Modules that register your models and data sets (:mod:`study.plugins`), imported from
+    the study file's folder or ``sys.path`` by every process that runs the study."""
     _source: Path | None = PrivateAttr(None)
     _registered: bool = PrivateAttr(False)
 
@@ -194,6 +197,18 @@ def _catalogue() -> tuple[dict[str, Path], dict[Path, Path]]:
     return files, hidden
 
 
+def _import_plugins(path: Path, plugins: Any) -> None:
+    """Import a study file's ``plugins:`` (its folder first on ``sys.path``), before its
+    configs name their models and data sets."""
+    if plugins is None:
+        return
+    if not isinstance(plugins, list) or not all(isinstance(name, str) for name in plugins):
+        raise ConfigError(f"{path}: plugins: expected a list of module names, e.g. plugins: [my_models]")
+    from study.plugins import use_plugins
+
+    use_plugins(plugins, folder=path.parent)
+
+
 def list_studies() -> list[str]:
     """Names of the studies on the search path."""
     return sorted(study_files())
@@ -217,6 +232,7 @@ def load_study(name_or_path: str | os.PathLike) -> StudySpec:
         path = files[str(name_or_path)]
     data = read_yaml(path)
     data.setdefault("name", path.stem)
+    _import_plugins(path, data.get("plugins"))
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:

@@ -18,7 +18,10 @@ import torch
 
 from study.config.run_config import DataConfig
 from study.data.augment import Mixing
+from study.data.python import BUILTIN, build_python_data, list_datasets, register_dataset
 from study.errors import DataError
+
+__all__ = ["DataBundle", "build_data", "list_datasets", "register_dataset"]
 
 EVAL_BATCH_SIZE = 500
 DEFAULT_IMAGE_SIZE = 224  # ImageFolder training resolution for models without their own
@@ -66,8 +69,8 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
     Raises:
         DataError: the data set's directory is missing or incomplete, or a split is empty.
     """
-    from study.data.gpu_loader import DeviceLoader, channel_stats
-
+    if cfg.name not in BUILTIN:  # python:pkg.module:factory, or a plugin's registered name
+        return build_python_data(cfg, batch_size, device, seed, channels_last, rank, world_size)
     if cfg.name == "imagefolder":
         return _imagefolder(cfg, batch_size, device, seed, channels_last, model_name, rank, world_size)
     if cfg.name == "digits":
@@ -93,6 +96,15 @@ def build_data(cfg: DataConfig, batch_size: int, device: torch.device, seed: int
         splits = {"train": (x[:n], y[:n]), "val": (x[n:n + 500], y[n:n + 500]), "test": (x[n + 500:], y[n + 500:])}
     else:  # pragma: no cover - the spec's Literal rejects anything else
         raise DataError(f"unknown data set '{cfg.name}'")
+
+    return device_bundle(cfg, splits, num_classes, default_size, batch_size, seed, channels_last, rank, world_size)
+
+
+def device_bundle(cfg: DataConfig, splits: dict, num_classes: int, default_size: int, batch_size: int, seed: int,
+                  channels_last: bool, rank: int, world_size: int) -> DataBundle:
+    """Device-resident loaders over ``splits`` (``{"train" | "val" | "test": (uint8 images,
+    labels)}`` already on the device), with ``data.crop_pad``, ``data.flip`` and MixUp."""
+    from study.data.gpu_loader import DeviceLoader, channel_stats
 
     train_x, train_y = splits["train"]
     mean, std = channel_stats(train_x)

@@ -16,6 +16,7 @@ from study.models._registry import (
     ModelInfo,
     build_model,
     input_defaults,
+    known_model,
     list_models,
     model_info,
     register_model,
@@ -26,6 +27,6 @@ from study.models.macs import count_macs
 from study.models.nf_resnet import legacy_classifier_init_std
 from study.models.spp import signal_propagation
 
-__all__ = ["NORMS", "InputDefaults", "ModelInfo", "build_model", "count_macs", "input_defaults",
+__all__ = ["NORMS", "InputDefaults", "ModelInfo", "build_model", "count_macs", "input_defaults", "known_model",
            "legacy_classifier_init_std", "list_models", "model_info", "register_model", "signal_propagation",
            "twin_name", "twins"]

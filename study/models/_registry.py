@@ -1,6 +1,8 @@
 """Model names → builders, and which models are twins of each other.
 
-Registering a model enrols it in the model tests. Every model belongs to a *family*, named
+Registering a model enrols it in the model tests. A plugin (:mod:`study.plugins`) registers
+its own models with the same decorator; ``timm/<name>`` names any timm model
+(:mod:`study.models.timm`) without registering it. Every model belongs to a *family*, named
 after its Normalizer-Free member, and has one *norm* within it: ``nf`` (Scaled Weight
 Standardisation), ``bn`` (the BatchNorm twin) or ``nf_plain`` (NF with plain convs, the
 "unscaled" control of Brock, De, Smith, ICLR 2021, arXiv 2101.08692). ``model.norm`` and every
@@ -9,6 +11,7 @@ Standardisation), ``bn`` (the BatchNorm twin) or ``nf_plain`` (NF with plain con
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,9 +103,23 @@ def model_info(name: str) -> ModelInfo:
     Raises:
         ConfigError: ``name`` is not registered.
     """
-    if name not in _INFO:
+    if name not in list_models():
         raise ConfigError(f"model.name: unknown model {name!r}; allowed: {', '.join(list_models())}")
     return _INFO[name]
+
+
+def known_model(name: str) -> bool:
+    """Whether ``name`` builds here: registered (plugins loaded first), or ``timm/<name>``.
+
+    Raises:
+        ConfigError: a ``timm/`` name while timm is not installed, or one timm lacks.
+    """
+    from study.models.timm import check_timm_name, is_timm_name
+
+    if is_timm_name(name):
+        check_timm_name(name)
+        return True
+    return name in list_models()
 
 
 def twins(name: str) -> dict[str, str]:
@@ -143,7 +160,10 @@ def input_defaults(name: str) -> InputDefaults | None:
 
 
 def list_models() -> list[str]:
-    """Return the registered model names, sorted."""
+    """Return the registered model names (plugins' included), sorted."""
+    from study.plugins import load_plugins
+
+    load_plugins()
     return sorted(_MODELS)
 
 
@@ -174,15 +194,21 @@ def build_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Modu
         >>> model.default_config["test_image_size"]
         256
     """
-    if name not in _MODELS:
+    from study.models.timm import build_timm, is_timm_name
+
+    if is_timm_name(name):
+        builder = functools.partial(build_timm, name)
+    elif name not in list_models():
         raise ConfigError(
             f"model.name: unknown model {name!r}; allowed: {', '.join(list_models())}"
         )
-    builder = _MODELS[name]
+    else:
+        builder = _MODELS[name]
     allowed = {
         key for key, p in inspect.signature(builder).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and key != "num_classes"
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) and key != "num_classes"
     }
+    init_std = _drop_untaken(name, overrides, allowed)
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ConfigError(
@@ -201,4 +227,34 @@ def build_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Modu
     std = overrides.get("classifier_init_std")
     if std is not None and not (isinstance(std, (int, float)) and std >= 0.0):
         raise ConfigError(f"model {name!r}: classifier_init_std must be >= 0 or None; got {std!r}")
-    return builder(num_classes=num_classes, **overrides)
+    model = builder(num_classes=num_classes, **overrides)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if init_std is not None and isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=init_std)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+    return model
+
+
+#: Options every run passes; a plugin's builder may leave them out of its signature.
+OPTIONAL = ("dropout", "stochastic_depth", "classifier_init_std")
+
+
+def _drop_untaken(name: str, overrides: dict[str, Any], allowed: set[str]) -> float | None:
+    """Take the :data:`OPTIONAL` options that ``name``'s builder does not accept out of
+    ``overrides``; returns ``classifier_init_std`` if it was one of them (applied to the
+    model's ``get_classifier()`` after building).
+
+    Raises:
+        ConfigError: a ``dropout`` or ``stochastic_depth`` set for a builder that ignores it.
+    """
+    init_std = None
+    for key in OPTIONAL:
+        if key in overrides and key not in allowed:
+            value = overrides.pop(key)
+            if key == "classifier_init_std":
+                init_std = value
+            elif value is not None:
+                raise ConfigError(f"model.{key}={value}: model {name!r} takes no {key} option (its builder has "
+                                  f"no such argument); leave model.{key} unset")
+    return init_std

@@ -34,6 +34,8 @@ SPOOL_ID = "nfstudy.spool_id"
 """Id of the spool file a run was uploaded from by ``nfstudy sync``."""
 QUEUE_TRIAL = "nfstudy.queue_trial"
 """The queue trial that owns a child run: ``<queue name>@<queue uid>#<trial id>``."""
+MODEL = "nfstudy.model"
+"""Why a run with ``train.log_model`` has no ``model/state_dict.pt`` artifact."""
 
 AGC_FLOOR_BOUND = "nfstudy.agc_floor_bound"
 """``true`` on a child run whose SkipInit gains never left AGC's ε floor (a small multiple

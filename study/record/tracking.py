@@ -44,6 +44,7 @@ from study.record.tags import (
     EXPERIMENT_KIND,
     HASH,
     HOST,
+    MODEL,
     NOTE,
     OUTCOME,
     PARENT_ID,
@@ -376,6 +377,42 @@ class ChildRun:
         if self._logger is not None:
             self._logger.shutdown()
             self._logger = None
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """``train.log_dataset``: the data set as the run's training input (MLflow's
+        ``log_inputs``: the UI's "Datasets used"), named ``name``, identified by ``digest``
+        (``data.id``), read from ``source``; ``profile``: its shape facts. Nothing while spooled."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if self.spool is not None or self.run_id is None:
+            return
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(profile))
+        try:
+            self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+        except Exception as err:  # noqa: BLE001 - the result matters more than its provenance
+            if not outage.is_transient(err) and self._tracking is not None and self._tracking.reachable():
+                raise
+
+    def log_state_dict(self, state: dict[str, Any]) -> None:
+        """``train.log_model``: the trained weights as artifact ``model/state_dict.pt`` (read
+        back with ``torch.load(path, weights_only=True)``). A run in the spool (its server
+        away) keeps no weights: tag ``nfstudy.model`` says so."""
+        import tempfile
+
+        import torch
+
+        if self.spool is None and self.run_id is not None:
+            with tempfile.TemporaryDirectory(prefix="nfstudy-model-") as folder:
+                path = Path(folder) / "state_dict.pt"
+                torch.save(state, path)
+                try:
+                    self.client.log_artifact(self.run_id, str(path), "model")
+                    return
+                except Exception as err:  # noqa: BLE001 - the result matters more than its weights
+                    if not outage.is_transient(err) and self._tracking is not None and self._tracking.reachable():
+                        raise
+        self.set_tags({MODEL: "not logged: the tracking server was away"})
 
     def finish(self, result: dict[str, Any]) -> None:
         """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies), the outcome

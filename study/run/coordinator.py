@@ -78,7 +78,7 @@ def jobs_for(spec: StudySpec, runs: list[PlannedRun], experiment_id: str, parent
 
 
 def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: RunQueue,
-            stale: Stale = Stale.STOP) -> Prepared:
+            stale: Stale = Stale.STOP, force: bool = False) -> Prepared:
     """Make MLflow and the queue ready for workers: experiment and parent, adopted results,
     recovered lost runs, and one queue entry per config not FINISHED.
 
@@ -93,10 +93,12 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
     with queue.lock():  # one coordinator at a time copies results and fills the queue
         experiment_id, parent_id = tracking.ensure_study(spec.name, spec.description)
         found = survey(tracking, spec.name, runs, stale)  # what --dry-run predicted
+        found = found.forced_again() if force else found  # --force: train them all again
         found.check(spec.name)
-        supersede(tracking, found)
+        supersede(tracking, found, experiment_id)
         done = set(found.kept)
-        wanted = {run.config_hash: (run.arm, run.name) for run in runs if run.config_hash not in done}
+        wanted = {run.config_hash: (run.arm, run.name) for run in runs
+                  if run.config_hash not in done and not force}  # nothing is copied in when forced
         code = None if stale == Stale.REUSE else code_fingerprint()
         adopted = tracking.retry(lambda: tracking.adopt_finished(experiment_id, parent_id, spec.name, dict(wanted),
                                                                  code)) if wanted else 0
@@ -178,6 +180,7 @@ def execute(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     nproc_per_node: int = 1,
     stale: Stale = Stale.STOP,
+    force: bool = False,
 ) -> Summary:
     """Train every run of ``runs`` not yet FINISHED, through the study's queue.
 
@@ -193,6 +196,7 @@ def execute(
         on_epoch: per-epoch metrics (in-process worker only).
         nproc_per_node: processes (GPUs) per run: each run becomes a torchrun DDP job.
         stale: what to do with FINISHED runs trained by other code (:mod:`study.run.run_cache`).
+        force: train every run again, even those FINISHED (``--force``; the old runs superseded).
 
     Returns:
         A :class:`Summary`, read back from MLflow at the end (``interrupted`` after Ctrl-C
@@ -206,7 +210,7 @@ def execute(
         raise ConfigError(f"--workers {workers}: must be at least 1")
     check_placement(workers, nproc_per_node, {run.config.train.device for run in runs}, visible_gpus())
     queue = RunQueue(spec.name, storage, create=True)
-    prepared = prepare(spec, runs, tracking, queue, stale)
+    prepared = prepare(spec, runs, tracking, queue, stale, force)
     if on_prepared:
         on_prepared(prepared)
     plan = {run.config_hash for run in runs}

@@ -15,15 +15,19 @@ real run does from the same answer the coordinator acts on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from study.config.code_fingerprint import code_fingerprint
 from study.config.expand import PlannedRun
 from study.errors import NfstudyError
 from study.record.tags import CODE, HASH, ROLE, SUPERSEDED
-from study.record.tracking import Tracking
+
+if TYPE_CHECKING:  # MLflow is imported only where a store is opened: `nfstudy show` reads SQLite directly
+    from study.record.tracking import Tracking
 
 
 class Stale(str, Enum):
@@ -53,6 +57,13 @@ class Survey:
     unknown: dict[str, str] = field(default_factory=dict)
     """FINISHED in this study before code fingerprints were recorded."""
     policy: Stale = Stale.STOP
+    forced: set[str] = field(default_factory=set)
+    """``--force``: hashes to train again whatever is recorded (their FINISHED runs superseded)."""
+
+    def forced_again(self) -> Survey:
+        """The survey ``--force`` acts on: nothing done, copied or stale; every run recorded
+        of the plan is superseded and trained again."""
+        return Survey(total=self.total, policy=self.policy, forced={*self.done, *self.stale, *self.unknown})
 
     @property
     def kept(self) -> set[str]:
@@ -70,7 +81,8 @@ class Survey:
         """``"3 done, 2 stale reused, 4 copied from other studies, 3 to run"``: one line, the
         same from ``--dry-run`` and from the run itself."""
         old = len(self.stale) + len(self.unknown)
-        parts = [f"{len(self.done)} done"]
+        parts = [f"{len(self.done)} done"] + ([f"{len(self.forced)} done but forced (superseded)"]
+                                                if self.forced else [])
         if old:
             unknown = f", {len(self.unknown)} of them unfingerprinted" if self.unknown else ""
             verb = {Stale.REUSE: "reused", Stale.RERUN: "superseded", Stale.STOP: "found"}[self.policy]
@@ -95,9 +107,20 @@ class Survey:
 def open_tracking(uri: str) -> Tracking | None:
     """The tracking store at ``uri`` to read from, or ``None`` when it is a SQLite file that
     does not exist (reading must not create it)."""
+    from study.record.tracking import Tracking
+
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
     return Tracking(uri)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One FINISHED child run as the survey reads it."""
+
+    run_id: str
+    config_hash: str | None
+    code: str | None
 
 
 def survey(tracking: Tracking | None, study: str, runs: list[PlannedRun], policy: Stale = Stale.STOP,
@@ -114,37 +137,54 @@ def survey(tracking: Tracking | None, study: str, runs: list[PlannedRun], policy
     found = Survey(total=len({run.config_hash for run in runs}), policy=policy)
     if tracking is None:
         return found
-    code = code or code_fingerprint()
-    wanted = {run.config_hash for run in runs}
     experiment = tracking.client.get_experiment_by_name(study)
     ours = experiment.experiment_id if experiment is not None else None
-    for run in tracking.finished_runs([ours]) if ours is not None else []:
-        config_hash, run_code = run.data.tags.get(HASH), run.data.tags.get(CODE)
-        if config_hash not in wanted:
+
+    def recorded(experiment_ids: list[str]) -> Iterable[Recorded]:
+        return (Recorded(run.info.run_id, run.data.tags.get(HASH), run.data.tags.get(CODE))
+                for run in tracking.finished_runs(experiment_ids))
+
+    def others() -> Iterable[Recorded]:
+        ids = [e.experiment_id for e in tracking.client.search_experiments() if e.experiment_id != ours]
+        return recorded(ids) if ids else []
+
+    return classify(recorded([ours]) if ours is not None else [], others, runs, policy, code)
+
+
+def classify(ours: Iterable[Recorded], others: Callable[[], Iterable[Recorded]], runs: list[PlannedRun],
+             policy: Stale = Stale.STOP, code: str | None = None) -> Survey:
+    """Sort a plan's runs by the FINISHED runs of its study (``ours``) and, for what is left,
+    of the other studies (``others()``, read only when needed): the rules of :func:`survey`."""
+    found = Survey(total=len({run.config_hash for run in runs}), policy=policy)
+    code = code or code_fingerprint()
+    wanted = {run.config_hash for run in runs}
+    for run in ours:
+        if run.config_hash not in wanted:
             continue
-        if run_code == code:
-            found.done[config_hash] = run.info.run_id
+        if run.code == code:
+            found.done[run.config_hash] = run.run_id
         else:
-            (found.stale if run_code else found.unknown)[config_hash] = run.info.run_id
+            (found.stale if run.code else found.unknown)[run.config_hash] = run.run_id
     for fresh in list(found.done):  # a fresh run makes older ones of its hash irrelevant
         found.stale.pop(fresh, None)
         found.unknown.pop(fresh, None)
     settled = found.done.keys() if policy == Stale.RERUN else found.done.keys() | found.stale.keys() | found.unknown.keys()
-    others = [e.experiment_id for e in tracking.client.search_experiments() if e.experiment_id != ours]
-    if others and wanted - settled:
-        for run in tracking.finished_runs(others):
-            config_hash = run.data.tags.get(HASH)
-            if (config_hash in wanted and config_hash not in settled and config_hash not in found.copies
-                    and (policy == Stale.REUSE or run.data.tags.get(CODE) == code)):
-                found.copies[config_hash] = run.info.run_id
+    if wanted - settled:
+        for run in others():
+            if (run.config_hash in wanted and run.config_hash not in settled and run.config_hash not in found.copies
+                    and (policy == Stale.REUSE or run.code == code)):
+                found.copies[run.config_hash] = run.run_id
     return found
 
 
-def supersede(tracking: Tracking, found: Survey) -> int:
+def supersede(tracking: Tracking, found: Survey, experiment_id: str | None = None) -> int:
     """``--rerun-stale``: re-tag the plan's stale runs ``nfstudy.role=superseded`` so that no
-    query for results sees them and their configs are trained again; returns how many."""
-    if found.policy != Stale.RERUN:
-        return 0
-    for run_id in {**found.stale, **found.unknown}.values():
+    query for results sees them and their configs are trained again; ``--force``: the same
+    for every FINISHED run of the forced hashes in ``experiment_id``. Returns how many."""
+    ids = set({**found.stale, **found.unknown}.values()) if found.policy == Stale.RERUN else set()
+    if found.forced and experiment_id is not None:
+        ids |= {run.info.run_id for run in tracking.finished_runs([experiment_id])
+                if run.data.tags.get(HASH) in found.forced}
+    for run_id in ids:
         tracking.client.set_tag(run_id, ROLE, SUPERSEDED)
-    return len(found.stale) + len(found.unknown)
+    return len(ids)

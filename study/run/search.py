@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -35,6 +36,7 @@ from study.config.search_space import EPOCH_METRICS, Distribution, SearchSpec
 from study.config.study_file import StudySpec
 from study.errors import ConfigError
 from study.record import optuna_storage
+from study.record.system_metrics import system_metrics
 from study.record.tags import (
     BEST_PARAMS,
     BEST_TRIAL,
@@ -298,6 +300,9 @@ def run_search(
     study = optuna.create_study(storage=store, study_name=plan.study_name, direction=plan.direction,
                                 pruner=make_pruner(plan.search), load_if_exists=True)
     existed = len(study.trials)
+    with warnings.catch_warnings():  # experimental in Optuna: the dashboard labels the objective by it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([plan.metric])
     study.sampler = make_sampler(plan.search, plan.space, plan.search.sampler.seed + existed)
     for key, value in {SEARCH: plan.spec.name, "metric": plan.metric, "fixed": plan.fixed_config,
                        "space": _space_dict(plan.space), "mlflow_experiment": plan.experiment,
@@ -369,6 +374,14 @@ class _SearchTrial:
             self.record.state = "FAIL"
 
 
+def trial_name(number: int, values: dict[str, Any]) -> str:
+    """A trial's MLflow run name: its number and its searched values, e.g.
+    ``trial-3/clipping=0.0123`` (the last part of each key, 4 significant digits)."""
+    shown = [f"{key.split('.')[-1]}={value:.4g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+             for key, value in values.items()]
+    return "/".join([f"trial-{number}", *shown])
+
+
 def _ask(study: optuna.Study) -> optuna.Trial:
     """``study.ask()``, but the trial is created with its owner and first heartbeat in one
     write, so a search killed at any moment never leaves a RUNNING trial nobody can recover."""
@@ -390,7 +403,7 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
         storage_s = time.perf_counter() - start
         config = make_config({**plan.fixed, **values}, where=f"{plan.spec.name} trial {trial.number}")
         mark = time.perf_counter()
-        child = tracking.start_child(experiment_id, parent_id, plan.spec.name, "", f"trial-{trial.number}",
+        child = tracking.start_child(experiment_id, parent_id, plan.spec.name, "", trial_name(trial.number, values),
                                      config.config_hash(), config.flat(),
                                      tags={TRIAL_NUMBER: str(trial.number), OPTUNA_STUDY: plan.study_name})
         tracking_s = time.perf_counter() - mark
@@ -414,7 +427,11 @@ def _run_trial(plan, study, tracking, experiment_id, parent_id, train, on_epoch)
             if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-        ended = run_child(child, lambda: train(config, tracker=child, on_epoch=report), side)
+        def trained() -> dict[str, Any]:
+            with system_metrics(child.run_id, tracking.uri, config.train.system_metrics):
+                return train(config, tracker=child, on_epoch=report)
+
+        ended = run_child(child, trained, side)
     if ended.error is not None:
         raise ended.error
     record.train_s = ended.train_s - side.report_s

@@ -237,6 +237,7 @@ class _QueueTrial:
 def _run_claim(queue: RunQueue, tracking: Tracking, claim: Claim, summary: WorkerSummary, parent_pid,
                on_event, on_epoch, nproc_per_node: int = 1) -> None:
     from study.config.run_config import make_config
+    from study.record.system_metrics import system_metrics
     from study.train.ddp import train_distributed
     from study.train.trainer import train
 
@@ -250,9 +251,10 @@ def _run_claim(queue: RunQueue, tracking: Tracking, claim: Claim, summary: Worke
         if config.config_hash() != job.config_hash:
             raise RuntimeError(f"config hash {config.config_hash()} != queued {job.config_hash}: "
                                "this worker's nfstudy version differs from the coordinator's")
-        if nproc_per_node > 1:
-            return train_distributed(config, nproc_per_node, tracker=child, on_epoch=on_epoch)
-        return train(config, tracker=child, on_epoch=on_epoch)
+        with system_metrics(child.run_id, tracking.uri, config.train.system_metrics):
+            if nproc_per_node > 1:
+                return train_distributed(config, nproc_per_node, tracker=child, on_epoch=on_epoch)
+            return train(config, tracker=child, on_epoch=on_epoch)
 
     with Heartbeat(lambda: queue.beat(claim.trial_id), parent_pid, look=look):  # from the claim on: a slow tracking server never makes it look lost
         if side.recorded_elsewhere():

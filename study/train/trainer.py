@@ -142,6 +142,7 @@ def train(
     data = build_data(config.data, config.real_batch_size, device, config.seed, config.train.channels_last,
                       model_name=config.model.resolved_name, rank=world.rank, world_size=world.size)
     model = _build_model(config, data, device)
+    _record_dataset(config, tracker, data)
     replicated = world.wrap(model)  # DDP averages the gradients over the ranks
     forward = compiled(replicated, config) if config.train.compile else replicated
     optimizer = build_optimizer(model, config.peak_lr, momentum=config.optim.momentum,
@@ -214,16 +215,31 @@ def train(
             metrics["val/top1_ema"] = evaluate(ema.module, data.val, precision.autocast)["top1"]
         if tracker is not None:
             tracker.log_metrics(metrics, epoch)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        if on_epoch is not None:  # with the run's length in epochs, for a progress bar's total
+            on_epoch(epoch, {**metrics, "epochs": schedule.epochs})
         checkpoints.after_epoch(epoch, step, metrics)
 
     val = {"top1": 1.0 / data.num_classes, "loss": float("nan")} if outcome == DIVERGED else val
     checkpoints.finished()
+    _record_weights(config, tracker, model)
     return {"outcome": outcome, "val/top1": val["top1"], "val/loss": val["loss"], "train/loss": train_loss,
             **_test_metrics(model, ema, data, precision, diverged=outcome == DIVERGED),
             "time/step_ms": _step_ms(epoch_times), "time/total_s": time.perf_counter() - start,
             "epochs": epochs_done, "steps": step, **telemetry.tags()}
+
+
+def _record_weights(config: RunConfig, tracker, model: torch.nn.Module) -> None:
+    """``train.log_model``: the trained weights as an MLflow artifact of the run."""
+    if config.train.log_model and hasattr(tracker, "log_state_dict"):
+        tracker.log_state_dict(model.state_dict())
+
+
+def _record_dataset(config: RunConfig, tracker, data) -> None:
+    """``train.log_dataset``: the data set as the run's MLflow input ("Datasets used")."""
+    if config.train.log_dataset and hasattr(tracker, "log_dataset"):
+        tracker.log_dataset(config.data.name, config.data.id or config.data.name, config.data.root or config.data.name,
+                            {"num_train": data.num_train, "num_classes": data.num_classes, "in_chans": data.in_chans,
+                             "image_size": data.image_size})
 
 
 def _test_metrics(model: torch.nn.Module, ema: EMA | None, data, precision: Precision, *,
