@@ -51,7 +51,7 @@ import pandas as pd
 from analysis import roles
 from analysis.runs import FLOOR_TAG_COLUMN
 from analysis.stats import missing
-from study.record.tags import AGC_MAX_SKIPINIT_GAIN, FLOOR_GAIN
+from study.record.tags import AGC_CLIPPED_FRACTION, AGC_MAX_SKIPINIT_GAIN, FLOOR_GAIN
 
 ESCAPED = 1e3
 """The bound stops here: a gain that can reach it has left the floor (reported as inf)."""
@@ -107,7 +107,12 @@ def has_clipped_gains(frame: pd.DataFrame) -> pd.Series:
     excluded = frame.get(roles.AGC_EXCLUDE, pd.Series(None, index=frame.index)).map(
         lambda patterns: isinstance(patterns, (list, tuple))
         and any(fnmatch.fnmatchcase(GAIN_NAME, str(p)) for p in patterns))
-    return (nf & clipped & ~excluded.astype(bool)).astype(bool)
+    # A run whose AGC telemetry ran (``agc/clipped_fraction`` logged) but logged no SkipInit
+    # gain has none to clip: a timm or plugin model, whatever ``model.norm`` defaulted to.
+    telemetry = pd.to_numeric(frame.get(AGC_CLIPPED_FRACTION, pd.Series(None, index=frame.index)), errors="coerce")
+    gains = pd.to_numeric(frame.get(AGC_MAX_SKIPINIT_GAIN, pd.Series(None, index=frame.index)), errors="coerce")
+    no_gains = telemetry.notna() & gains.isna()
+    return (nf & clipped & ~excluded.astype(bool) & ~no_gains).astype(bool)
 
 
 def _setting(run: pd.Series, key: str):

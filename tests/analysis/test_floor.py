@@ -12,7 +12,7 @@ from analysis import floor
 from analysis.runs import FLOOR_TAG_COLUMN
 from study.optim.agc import adaptive_grad_clip_
 from study.optim.sgd import lr_at
-from study.record.tags import AGC_MAX_SKIPINIT_GAIN
+from study.record.tags import AGC_CLIPPED_FRACTION, AGC_MAX_SKIPINIT_GAIN
 
 
 @pytest.mark.parametrize("peak_lr, clipping, steps, expected", [
@@ -62,6 +62,15 @@ def test_only_nf_nets_whose_gains_agc_clips_have_a_bound():
     bounds = floor.bounds(frame)
     assert bounds[0] == pytest.approx(0.0016, rel=0.03) and bounds[1:].isna().all()
     assert floor.floor_bound(frame).tolist() == [True, False, False, False]
+
+
+def test_a_model_without_skipinit_gains_is_never_floor_bound():
+    """A timm or plugin model records ``model.norm`` at its default (nf), but its AGC
+    telemetry logs no SkipInit gain: it has none for the floor to hold."""
+    frame = _runs(**{"model.name": ["timm/resnet10t", "nf_resnet_small"], AGC_CLIPPED_FRACTION: [0.3, 0.3],
+                     AGC_MAX_SKIPINIT_GAIN: [None, 0.001]})
+    assert floor.has_clipped_gains(frame).tolist() == [False, True]
+    assert floor.floor_bound(frame).tolist() == [False, True]
 
 
 def test_without_train_steps_the_schedule_comes_from_the_logged_step_count():
