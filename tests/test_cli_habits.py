@@ -108,9 +108,32 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **env})
 
 
-@pytest.mark.parametrize("command", ["list", "show", "run", "sync", "ui", "worker", "search", "report", "bench"])
+def _commands() -> list[str]:
+    """Every command of the app, sub-commands as 'group name' (e.g. 'launch slurm')."""
+    import typer
+
+    from study.cli.app import app
+
+    def walk(group, prefix: str) -> list[str]:  # typer's groups carry their own click (no click.Group)
+        names = []
+        for name, command in group.commands.items():
+            full = f"{prefix}{name}"
+            names += walk(command, full + " ") if hasattr(command, "commands") else [full]
+        return names
+
+    return walk(typer.main.get_command(app), "")
+
+
+def test_every_command_of_the_app_has_examples():
+    from study.cli.examples import EXAMPLES
+
+    assert set(_commands()) <= set(EXAMPLES), "a command without examples at the foot of its help"
+
+
+@pytest.mark.parametrize("command", ["list", "show", "run", "sync", "ui", "worker", "search", "report", "bench",
+                                     "export", "enqueue", "launch slurm", "status"])
 def test_every_command_help_has_examples(command):
-    done = _cli(command, "--help")
+    done = _cli(*command.split(), "--help")
     assert done.returncode == 0
     assert "Examples:" in done.stdout and f"nfstudy {command}" in done.stdout.split("Examples:")[1]
 

@@ -703,9 +703,9 @@ def bench(
 
 
 # Commands for a cluster (enqueue, launch slurm, status): their own module.
-app.command()(cluster.enqueue)
+app.command(epilog=epilog("enqueue"))(cluster.enqueue)
 app.add_typer(cluster.launch_app, name="launch")
-app.command()(cluster.status)
+app.command(epilog=epilog("status"))(cluster.status)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -24,6 +24,7 @@ from study.cli.common import (
     plan_runs,
     preflight_checks,
 )
+from study.cli.examples import epilog
 from study.errors import NfstudyError
 
 launch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -103,7 +104,7 @@ def _dry_run(name, preset, set_, tracking_uri, storage, options) -> None:
     console.print(slurm.follow_up_script(spec.name, options, _follow_up_command(name, options, preset, set_, 2), logs))
 
 
-@launch_app.command("slurm")
+@launch_app.command("slurm", epilog=epilog("launch slurm"))
 def launch_slurm(
     name: StudyArg,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Array tasks, each one `nfstudy worker` (fewer "
