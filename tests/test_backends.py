@@ -21,21 +21,11 @@ SMALL = {"data.name": "fake", "data.num_examples": 64, "data.image_size": 8, "da
 def restore_backends():
     saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.mkldnn.enabled)
+             torch.backends.cuda.matmul.allow_tf32)
     yield
     torch.use_deterministic_algorithms(saved[0])
-    torch.backends.mkldnn.enabled = saved[5]
     (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
-     torch.backends.cuda.matmul.allow_tf32) = saved[1:5]
-
-
-@pytest.mark.parametrize("precision, device, onednn", [("bf16", "cpu", False), ("fp32", "cpu", True),
-                                                      ("bf16", "cuda", True)])
-def test_onednn_is_off_only_for_bf16_on_the_cpu(precision, device, onednn):
-    """torch's oneDNN bf16 convolution backward gave random NaN gradients on the CPU."""
-    torch.backends.mkldnn.enabled = not onednn  # left over by an earlier run: overridden
-    configure_backends(make_config({"train.precision": precision}).train, torch.device(device))
-    assert torch.backends.mkldnn.enabled is onednn
+     torch.backends.cuda.matmul.allow_tf32) = saved[1:]
 
 
 @pytest.mark.parametrize("tf32, convolutions, matmuls", [("convolutions", True, False), ("all", True, True),

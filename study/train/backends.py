@@ -19,11 +19,6 @@ config, so a run never inherits what an earlier run (or the user's code) left in
   and a compiled run may still differ between processes when Inductor's autotuning picks
   other kernels. A CPU run repeats itself bit for bit without it (same thread count: a
   checkpoint written with 2 threads and resumed with 1 ends 1 ulp away).
-- oneDNN (``torch.backends.mkldnn``) is off for ``bf16`` runs on the CPU: with it, torch
-  2.14's bf16 convolution backward on the CPU returned NaN gradients at random for an
-  NFNet-F0 1×1 convolution at 16 px (one run in two, the same inputs each time); without
-  it every run repeats itself and is finite. The slower bf16 path is the price; CPU bf16 is
-  for trying a GPU recipe on a laptop, fp32 runs keep oneDNN.
 
 :func:`compiled` resets Dynamo before compiling a run whose config differs from the last
 compiled one: a worker that trains many configs would otherwise pile up cache entries and,
@@ -49,8 +44,7 @@ _last_compiled: str | None = None  # the config of the graphs Dynamo holds, proc
 
 
 def configure_backends(train: TrainConfig, device: torch.device) -> None:
-    """Set cuDNN autotuning, the TF32 policy, deterministic algorithms and oneDNN for one run."""
-    torch.backends.mkldnn.enabled = not (device.type == "cpu" and train.precision == "bf16")
+    """Set cuDNN autotuning, the TF32 policy and deterministic algorithms for one run."""
     if train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
     torch.use_deterministic_algorithms(train.deterministic)
