@@ -143,7 +143,10 @@ def test_the_nfnet_preset_trains_on_a_jpeg_tree_logs_ema_and_reports(tmp_path, s
     path = study_file("name: nfnet-smoke\ndescription: the nfnet preset, two steps\nseeds: [0]\n")
     tiny = ["--set", "data.image_size=16", "--set", "data.test_image_size=16", "--set", "data.batch_size=8",
             "--set", "data.val_size=3", "--set", "train.steps=2", "--set", "optim.warmup_epochs=null",
-            "--set", "train.checkpoint_every=null", "--set", "data.num_workers=1"]
+            "--set", "train.checkpoint_every=null", "--set", "data.num_workers=1",
+            # fp32: torch 2.14's oneDNN bf16 convolution backward on the CPU gives NaN gradients
+            # at random for this net at 16 px (docs/RECIPE.md); the preset's bf16 is for GPUs
+            "--set", "train.precision=fp32"]
     args = [str(path), "--preset", "nfnet", "--set", f"data.root={root}", *tiny]
     assert main(["run", *args]) == 0
     assert "1 completed" in capsys.readouterr().out
