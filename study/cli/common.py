@@ -91,9 +91,9 @@ def cap_notes(runs, preset: Optional[str]) -> list[str]:
     return lines
 
 
-def preflight_checks(runs, tracking_uri: Optional[str], storage: Optional[str]) -> None:
+def preflight_checks(runs, tracking_uri: Optional[str], storage: Optional[str], *, spool_ok: bool = False) -> None:
     """Data directories, tracking store and queue storage: checked before anything is
-    written, by a real run and a dry run alike."""
+    written, by a real run and a dry run alike (``spool_ok``: ``--tracking-uri spool:`` allowed)."""
     from study import paths
     from study.cli import preflight
     from study.run.queue import storage_url
@@ -103,5 +103,5 @@ def preflight_checks(runs, tracking_uri: Optional[str], storage: Optional[str]) 
         from study.record.system_metrics import check_system_metrics
 
         check_system_metrics()
-    preflight.check_tracking(paths.tracking_uri(tracking_uri))
+    preflight.check_tracking(paths.tracking_uri(tracking_uri), spool_ok=spool_ok)
     preflight.check_storage(storage_url(storage))
