@@ -55,7 +55,6 @@ from study.record.tags import (
 )
 from study.redaction import first_line, redact
 
-
 SPOOL_PREFIX = stores.SPOOL_URI
 """Spool-only experiment and parent ids start with it (see :meth:`Tracking.ensure_study`)."""
 
@@ -124,14 +123,23 @@ class Tracking:
             self.offline = False
         return not self.offline
 
+    def _real_id(self, experiment_id: str) -> str | None:
+        """A spool-only placeholder id (a queue filled with ``--tracking-uri spool:``) as the
+        id of the experiment of that name in this store (``None``: not synced yet)."""
+        if self.spool_only or not experiment_id.startswith(SPOOL_PREFIX):
+            return experiment_id
+        found = self.retry(lambda: self.client.get_experiment_by_name(experiment_id.removeprefix(SPOOL_PREFIX)))
+        return found.experiment_id if found is not None else None
+
     def finished_run_id(self, experiment_id: str, config_hash: str) -> str | None:
         """The id of a FINISHED child run of ``config_hash``, else ``None``. While the server
         does not answer: ``"spool"`` for a run waiting in the local spool for ``nfstudy sync``,
         ``"seen"`` for one this process saw FINISHED before the server went away."""
         if self._online():
             try:
-                runs = self.retry(lambda: self.client.search_runs(
-                    [experiment_id], max_results=1,
+                real = self._real_id(experiment_id)
+                runs = [] if real is None else self.retry(lambda: self.client.search_runs(
+                    [real], max_results=1,
                     filter_string=f"tags.`{HASH}` = '{config_hash}' and tags.`{ROLE}` = 'child' "
                                   "and attributes.status = 'FINISHED'"))
                 if runs:
@@ -150,8 +158,10 @@ class Tracking:
         outcomes = {**known, **spool_finished(experiment_id)}
         if self._online():
             try:
-                known.update(self.retry(lambda: {run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
-                                                 for run in self.finished_runs([experiment_id])}))
+                real = self._real_id(experiment_id)
+                known.update({} if real is None else self.retry(
+                    lambda: {run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
+                             for run in self.finished_runs([real])}))
                 outcomes.update(known)
             except Exception:
                 if self.reachable():
