@@ -357,8 +357,9 @@ def _sync_spool(tracking) -> None:
 
 @app.command(epilog=epilog("sync"))
 def sync(tracking_uri: TrackingOpt = None) -> None:
-    """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
-    unreachable. Idempotent: a config already FINISHED is not recorded twice."""
+    """Upload the runs spooled under $NFSTUDY_HOME/spool (while the tracking server was
+    unreachable, or by workers with --tracking-uri spool:). Idempotent: a config already
+    FINISHED is not recorded twice."""
     from study import paths
     from study.cli import preflight
     from study.record import spool

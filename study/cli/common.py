@@ -42,7 +42,8 @@ ImportOpt = Annotated[Optional[list[str]], typer.Option(
     "sets); every worker process imports it too (repeatable).")]
 TrackingOpt = Annotated[Optional[str], typer.Option(
     "--tracking-uri", metavar="URI", help="MLflow tracking URI, e.g. http://HOST:5000 (default: "
-    "$MLFLOW_TRACKING_URI, else $NFSTUDY_HOME/mlflow.db).")]
+    "$MLFLOW_TRACKING_URI, else $NFSTUDY_HOME/mlflow.db); spool: (worker, enqueue, launch slurm) records "
+    "into $NFSTUDY_HOME/spool only, for nfstudy sync to upload.")]
 QueueOpt = Annotated[Optional[str], typer.Option(
     "--storage", metavar="URL", help="The run queue's storage (Optuna): postgresql://USER@HOST:PORT/DB for many "
     "machines, a journal file path (one machine), or journal+nfs:///PATH for a journal on a shared filesystem (a "
