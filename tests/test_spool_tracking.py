@@ -11,7 +11,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 from test_faults import assert_exactly_once
-from test_slurm import REPO, nfstudy
+from test_slurm import REPO, cluster, nfstudy  # noqa: F401 - cluster: the Slurm fixture
 
 GRID = "name: spooled\nbase: presets/smoke.yaml\ngrid:\n  agc.clipping: [0.01, 0.02]\nseeds: [0, 1]\n"
 
@@ -56,6 +56,24 @@ def test_two_spool_only_workers_then_one_sync_record_every_run_exactly_once(stud
     assert code == 0 and "4 configs: 4 finished" in out, out
     code, out = nfstudy("report", str(path), "--tracking-uri", target)
     assert code == 0, out
+
+
+@pytest.mark.slow
+def test_launch_slurm_with_spool_tracking_then_sync(cluster, study_file, nfstudy_home, tmp_path):  # noqa: F811
+    """The README's recipe: ``launch slurm … --tracking-uri spool:``, then ``nfstudy sync``."""
+    path = study_file("name: slurm-spool\nbase: presets/smoke.yaml\nseeds: [0, 1]\n", name="slurm-spool.yaml")
+    code, out = nfstudy("launch", "slurm", str(path), "--workers", "2", "--tracking-uri", "spool:", env=cluster.env)
+    assert code == 0 and "(2 workers) for 2 waiting configs" in out, out
+    cluster.wait_idle(timeout=600)  # the array, then the follow-up job (which submits nothing)
+    logs = nfstudy_home / "logs" / "slurm-spool" / "slurm"
+    assert "nothing to submit" in "".join(p.read_text() for p in logs.glob("*-next.out"))
+    assert not (nfstudy_home / "mlflow.db").exists()
+    target = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out = nfstudy("sync", "--tracking-uri", target)
+    assert code == 0 and "sync: 2 spooled runs uploaded" in out, out
+    assert_exactly_once(target, "slurm-spool", 2)
+    code, out = nfstudy("status", str(path), "--tracking-uri", target)
+    assert code == 0 and "2 configs: 2 finished" in out, out
 
 
 @pytest.mark.parametrize(("command", "uri", "expected"), [
