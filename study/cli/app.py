@@ -357,8 +357,9 @@ def _sync_spool(tracking) -> None:
 
 @app.command(epilog=epilog("sync"))
 def sync(tracking_uri: TrackingOpt = None) -> None:
-    """Upload the runs spooled under $NFSTUDY_HOME/spool while the tracking server was
-    unreachable. Idempotent: a config already FINISHED is not recorded twice."""
+    """Upload the runs spooled under $NFSTUDY_HOME/spool (while the tracking server was
+    unreachable, or by workers with --tracking-uri spool:). Idempotent: a config already
+    FINISHED is not recorded twice."""
     from study import paths
     from study.cli import preflight
     from study.record import spool
@@ -432,7 +433,7 @@ def worker(
     use_plugins(imports or [], folder=os.getcwd() if imports else None)  # the study file's plugins: are not here
     # A wrong URL is one line and exit 2 within seconds; an outage later is ridden out.
     preflight.check_storage(storage_url(storage))
-    preflight.check_tracking(paths.tracking_uri(tracking_uri))
+    preflight.check_tracking(paths.tracking_uri(tracking_uri), spool_ok=True)
     queue = RunQueue(study, storage)
     tracking = Tracking(tracking_uri)
     me = f"worker {socket.gethostname()}:{os.getpid()}"
@@ -492,6 +493,7 @@ def search(
     plan = plan_search(load_study(name), preset=preset, overrides=parse_overrides(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     preflight.check_storage(paths.optuna_storage(storage))  # a wrong URL: one line within seconds
+    preflight.check_tracking(paths.tracking_uri(tracking_uri))
     open_storage(storage)  # a bad storage fails here, before any MLflow run is created
     pinned = [k for k in plan.search.space if k not in plan.space]
     console.print(f"{plan.spec.name}: searching {', '.join(plan.space)} on {plan.metric} ({plan.direction})"

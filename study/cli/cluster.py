@@ -46,11 +46,13 @@ def enqueue_study(name: str, preset: Optional[str], set_: Optional[list[str]], t
     from study.run.queue import RunQueue
 
     spec, runs = plan_runs(name, preset, set_)
-    preflight_checks(runs, tracking_uri, storage)
+    preflight_checks(runs, tracking_uri, storage, spool_ok=True)
     notes(spec, runs, preset)
     tracking = Tracking(tracking_uri)
     queue = RunQueue(spec.name, storage, create=True)
     prepared = prepare(spec, runs, tracking, queue)
+    if tracking.spool_only:  # no parent run to log on: `nfstudy sync` creates it, without the plan
+        return spec, runs, queue, tracking, prepared
     try:
         record_study(tracking, prepared.parent_id, spec, runs, paths.scale_name(preset, set_))
     except Exception as err:  # noqa: BLE001 - the runs matter more than their summary
@@ -91,7 +93,7 @@ def _dry_run(name, preset, set_, tracking_uri, storage, options) -> None:
     from study.run.run_cache import open_tracking, survey
 
     spec, runs = plan_runs(name, preset, set_)
-    preflight_checks(runs, tracking_uri, storage)
+    preflight_checks(runs, tracking_uri, storage, spool_ok=True)
     found = survey(open_tracking(paths.tracking_uri(tracking_uri)), spec.name, runs)
     left = len({run.config_hash for run in runs} - set(found.kept))
     logs = slurm.scripts_dir(spec.name)

@@ -42,7 +42,8 @@ ImportOpt = Annotated[Optional[list[str]], typer.Option(
     "sets); every worker process imports it too (repeatable).")]
 TrackingOpt = Annotated[Optional[str], typer.Option(
     "--tracking-uri", metavar="URI", help="MLflow tracking URI, e.g. http://HOST:5000 (default: "
-    "$MLFLOW_TRACKING_URI, else $NFSTUDY_HOME/mlflow.db).")]
+    "$MLFLOW_TRACKING_URI, else $NFSTUDY_HOME/mlflow.db); spool: (worker, enqueue, launch slurm) records "
+    "into $NFSTUDY_HOME/spool only, for nfstudy sync to upload.")]
 QueueOpt = Annotated[Optional[str], typer.Option(
     "--storage", metavar="URL", help="The run queue's storage (Optuna): postgresql://USER@HOST:PORT/DB for many "
     "machines, a journal file path (one machine), or journal+nfs:///PATH for a journal on a shared filesystem (a "
@@ -91,9 +92,9 @@ def cap_notes(runs, preset: Optional[str]) -> list[str]:
     return lines
 
 
-def preflight_checks(runs, tracking_uri: Optional[str], storage: Optional[str]) -> None:
+def preflight_checks(runs, tracking_uri: Optional[str], storage: Optional[str], *, spool_ok: bool = False) -> None:
     """Data directories, tracking store and queue storage: checked before anything is
-    written, by a real run and a dry run alike."""
+    written, by a real run and a dry run alike (``spool_ok``: ``--tracking-uri spool:`` allowed)."""
     from study import paths
     from study.cli import preflight
     from study.run.queue import storage_url
@@ -103,5 +104,5 @@ def preflight_checks(runs, tracking_uri: Optional[str], storage: Optional[str]) 
         from study.record.system_metrics import check_system_metrics
 
         check_system_metrics()
-    preflight.check_tracking(paths.tracking_uri(tracking_uri))
+    preflight.check_tracking(paths.tracking_uri(tracking_uri), spool_ok=spool_ok)
     preflight.check_storage(storage_url(storage))

@@ -28,7 +28,11 @@ HTTP_CLIENT_ENV = {
     # MLflow 3 prints "View run … at: URL" on stdout, credentials included.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-_SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://USER@HOST:PORT/DB, mysql://…, file:///PATH"
+_SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://USER@HOST:PORT/DB, mysql://…, file:///PATH, spool:"
+
+SPOOL_URI = "spool:"
+"""The tracking URI of workers that contact no store: each run goes to the spool under
+``$NFSTUDY_HOME/spool`` only, and ``nfstudy sync --tracking-uri STORE`` uploads them later."""
 
 
 #: Seconds to open one database connection (PostgreSQL), so a host that does not answer
@@ -68,8 +72,10 @@ def configure_http_client() -> None:
         os.environ.setdefault(name, value)
 
 
-def check_tracking(uri: str) -> None:
+def check_tracking(uri: str, *, spool_ok: bool = False) -> None:
     """The tracking URI is well formed and its server or database answers (nothing created).
+    ``spool:`` (:data:`SPOOL_URI`) only where ``spool_ok``: for the commands that only
+    record (``worker``, ``enqueue``, ``launch slurm``), not for those that read or upload.
 
     Raises:
         ConfigError: a malformed URI or an unsupported scheme.
@@ -85,6 +91,14 @@ def check_tracking(uri: str) -> None:
         if not parts.hostname:
             raise ConfigError(f"--tracking-uri '{redact(uri)}': no host; expected {scheme}://USER@HOST:PORT/DB")
         check_database(uri, "--tracking-uri")
+    elif scheme == "spool":
+        if uri != SPOOL_URI:
+            raise ConfigError(f"--tracking-uri '{redact(uri)}': expected exactly '{SPOOL_URI}' (the spool under "
+                              "$NFSTUDY_HOME/spool; nfstudy sync uploads it)")
+        if not spool_ok:
+            raise ConfigError(f"--tracking-uri {SPOOL_URI} only records (nfstudy worker, enqueue, launch slurm); "
+                              "this command needs a store: nfstudy sync --tracking-uri sqlite:///PATH.db uploads "
+                              "the spool into one")
     elif scheme == "sqlite":
         if not uri.startswith("sqlite:///") or uri == "sqlite:///":
             raise ConfigError(f"--tracking-uri '{redact(uri)}': expected sqlite:///ABSOLUTE/PATH.db")

@@ -55,6 +55,9 @@ from study.record.tags import (
 )
 from study.redaction import first_line, redact
 
+SPOOL_PREFIX = stores.SPOOL_URI
+"""Spool-only experiment and parent ids start with it (see :meth:`Tracking.ensure_study`)."""
+
 
 def param_value(value: Any) -> str:
     """How a config value is stored as an MLflow param (lists as JSON, None as ``None``)."""
@@ -72,7 +75,11 @@ class Tracking:
         self.uri = stores.database_url(paths.tracking_uri(uri))
         if self.uri.startswith(("http://", "https://")):
             stores.configure_http_client()
-        if self.uri.startswith("sqlite:///"):
+        self.spool_only = self.uri == stores.SPOOL_URI
+        """``--tracking-uri spool:``: no store at all; every run goes to the spool."""
+        if self.spool_only:
+            self.client = None
+        elif self.uri.startswith("sqlite:///"):
             # MLflow creates (or migrates) a SQLite store's tables when it opens it: one
             # process at a time, so two `nfstudy run` started together do not both try.
             with lock_beside(Path(self.uri.removeprefix("sqlite:///")), "schema").held():
@@ -80,7 +87,7 @@ class Tracking:
                 self.client.search_experiments(max_results=1)
         else:
             self.client = MlflowClient(self.uri)
-        self.offline = False
+        self.offline = self.spool_only
         """True once a call failed because the server did not answer (runs go to the spool)."""
         self.spooled = False
         """True once a run of this process went to the spool (``nfstudy sync`` has work)."""
@@ -92,7 +99,10 @@ class Tracking:
         so a summary made while offline still counts what finished before the server went."""
 
     def reachable(self) -> bool:
-        """Whether the tracking server answers now (stores that are not servers: always)."""
+        """Whether the tracking server answers now (stores that are not servers: always;
+        the spool-only mode: never)."""
+        if self.spool_only:
+            return False
         if not self.uri.startswith(("http://", "https://")):
             return True
         try:
@@ -113,14 +123,23 @@ class Tracking:
             self.offline = False
         return not self.offline
 
+    def _real_id(self, experiment_id: str) -> str | None:
+        """A spool-only placeholder id (a queue filled with ``--tracking-uri spool:``) as the
+        id of the experiment of that name in this store (``None``: not synced yet)."""
+        if self.spool_only or not experiment_id.startswith(SPOOL_PREFIX):
+            return experiment_id
+        found = self.retry(lambda: self.client.get_experiment_by_name(experiment_id.removeprefix(SPOOL_PREFIX)))
+        return found.experiment_id if found is not None else None
+
     def finished_run_id(self, experiment_id: str, config_hash: str) -> str | None:
         """The id of a FINISHED child run of ``config_hash``, else ``None``. While the server
         does not answer: ``"spool"`` for a run waiting in the local spool for ``nfstudy sync``,
         ``"seen"`` for one this process saw FINISHED before the server went away."""
         if self._online():
             try:
-                runs = self.retry(lambda: self.client.search_runs(
-                    [experiment_id], max_results=1,
+                real = self._real_id(experiment_id)
+                runs = [] if real is None else self.retry(lambda: self.client.search_runs(
+                    [real], max_results=1,
                     filter_string=f"tags.`{HASH}` = '{config_hash}' and tags.`{ROLE}` = 'child' "
                                   "and attributes.status = 'FINISHED'"))
                 if runs:
@@ -139,8 +158,10 @@ class Tracking:
         outcomes = {**known, **spool_finished(experiment_id)}
         if self._online():
             try:
-                known.update(self.retry(lambda: {run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
-                                                 for run in self.finished_runs([experiment_id])}))
+                real = self._real_id(experiment_id)
+                known.update({} if real is None else self.retry(
+                    lambda: {run.data.tags.get(HASH, ""): run.data.tags.get(OUTCOME, COMPLETED)
+                             for run in self.finished_runs([real])}))
                 outcomes.update(known)
             except Exception:
                 if self.reachable():
@@ -154,7 +175,16 @@ class Tracking:
 
         ``parent`` (tags, optional) picks one of several parents in the experiment, and is
         set on it when created; its ``mlflow.runName`` names it (a search keeps one parent
-        per Optuna study in one experiment)."""
+        per Optuna study in one experiment).
+
+        Spool-only, the ids are placeholders made of the names (``spool:<experiment>``):
+        ``nfstudy sync`` finds or creates the real experiment and parent by name."""
+        if self.spool_only:
+            tags = json.dumps(parent, sort_keys=True) if parent else ""
+            experiment_id, parent_id = f"{SPOOL_PREFIX}{name}", f"{SPOOL_PREFIX}{name}{tags}"
+            self._studies[experiment_id] = {"experiment": name, "description": description,
+                                            "parent_tags": dict(parent or {})}
+            return experiment_id, parent_id
         try:
             experiment_id, parent_id = self.retry(lambda: self._ensure_study(name, description, dict(parent or {})))
         except TrackingError:
@@ -203,7 +233,10 @@ class Tracking:
         return experiment_id, oldest
 
     def finished_runs(self, experiment_ids: list[str]):
-        """The FINISHED child runs of the experiments, page by page (the results)."""
+        """The FINISHED child runs of the experiments, page by page (the results; none
+        spool-only: the queue knows what finished)."""
+        if self.spool_only:
+            return
         token = None
         while True:
             page = self.client.search_runs(
@@ -238,9 +271,11 @@ class Tracking:
             How many runs were copied (params, tags, full metric histories; the copy is
             tagged ``nfstudy.copied_from`` with the source run id).
         """
+        if self.spool_only or not wanted:
+            return 0
         others = [e.experiment_id for e in self.client.search_experiments()
                   if e.experiment_id != experiment_id]
-        if not others or not wanted:
+        if not others:
             return 0
         copied = 0
         for run in self.finished_runs(others):
@@ -277,7 +312,11 @@ class Tracking:
             **code_tags(), HOST: socket.gethostname(),
             **(tags or {}),
         }
-        header = {"study": study, **self._studies.get(experiment_id, {"description": ""}),
+        # A worker gets the ids from the queue; spool-only, the experiment's name is in its id.
+        known = self._studies.get(experiment_id) or (
+            {"experiment": experiment_id.removeprefix(SPOOL_PREFIX), "description": ""}
+            if experiment_id.startswith(SPOOL_PREFIX) else {"description": ""})
+        header = {"study": study, **known,
                   "experiment_id": experiment_id, "parent_id": parent_id, "run_name": run_name,
                   "tags": tags, "params": {k: param_value(v) for k, v in params.items()},
                   "start_time": int(time.time() * 1000)}
@@ -412,7 +451,9 @@ class ChildRun:
                 except Exception as err:  # noqa: BLE001 - the result matters more than its weights
                     if not outage.is_transient(err) and self._tracking is not None and self._tracking.reachable():
                         raise
-        self.set_tags({MODEL: "not logged: the tracking server was away"})
+        away = "tracking went to the spool only" if self._tracking and self._tracking.spool_only \
+            else "the tracking server was away"
+        self.set_tags({MODEL: f"not logged: {away}"})
 
     def finish(self, result: dict[str, Any]) -> None:
         """Log the final metrics (``test/*``, ``time/*``, ``final/*`` copies), the outcome

@@ -97,6 +97,8 @@ def prepare(spec: StudySpec, runs: list[PlannedRun], tracking: Tracking, queue: 
         found.check(spec.name)
         supersede(tracking, found, experiment_id)
         done = set(found.kept)
+        if tracking.spool_only:  # no store to read: what the queue completed is done
+            done |= {t.user_attrs.get("config_hash") for t in queue.trials([TrialState.COMPLETE])}
         wanted = {run.config_hash: (run.arm, run.name) for run in runs
                   if run.config_hash not in done and not force}  # nothing is copied in when forced
         code = None if stale == Stale.REUSE else code_fingerprint()

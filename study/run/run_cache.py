@@ -135,7 +135,7 @@ def survey(tracking: Tracking | None, study: str, runs: list[PlannedRun], policy
         code: the fingerprint runs must carry to be fresh (default: this process's code).
     """
     found = Survey(total=len({run.config_hash for run in runs}), policy=policy)
-    if tracking is None:
+    if tracking is None or tracking.spool_only:  # spool-only: the queue knows what finished
         return found
     experiment = tracking.client.get_experiment_by_name(study)
     ours = experiment.experiment_id if experiment is not None else None

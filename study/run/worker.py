@@ -69,8 +69,11 @@ def kill_orphan_runs(tracking: Tracking, queue: RunQueue, experiment_id: str, re
     second, and a run created after the first is not in it, so a live run is never closed.
 
     Returns:
-        How many runs were closed.
+        How many runs were closed (none spool-only: ``nfstudy sync`` closes a spooled run
+        its worker left unfinished as KILLED).
     """
+    if tracking.spool_only:
+        return 0
     runs = tracking.retry(lambda: tracking.client.search_runs(
         [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'child'",
         max_results=5000))
